@@ -1,0 +1,176 @@
+// Turns an N-d strided array plus "which axes keep statistics" into a small loop plan.
+//
+// The plan is independent of the thread count: it fixes the chunk and task grid, so every thread
+// count merges the same partial states in the same order and gets the same bits.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "config.hpp"
+
+namespace fastmoments {
+inline namespace FM_ISA_NAMESPACE {
+
+struct LoopAxis {
+    int64_t size = 1;
+    int64_t stride = 0;   // bytes
+    int64_t ostride = 0;  // output elements; only kept axes have one
+    bool kept = false;
+};
+
+// Odometer over a list of axes: yields the byte offset of consecutive multi-indices.
+class Odometer {
+public:
+    explicit Odometer(const std::vector<LoopAxis>& axes) : axes_(axes), index_(axes.size(), 0) {}
+
+    int64_t count() const {
+        int64_t n = 1;
+        for (const auto& a : axes_) n *= a.size;
+        return n;
+    }
+
+    // Positions the odometer at flat index i (C order over the axes).
+    void seek(int64_t i) {
+        offset_ = 0;
+        out_ = 0;
+        for (size_t k = axes_.size(); k-- > 0;) {
+            index_[k] = i % axes_[k].size;
+            i /= axes_[k].size;
+            offset_ += index_[k] * axes_[k].stride;
+            out_ += index_[k] * axes_[k].ostride;
+        }
+    }
+
+    void next() {
+        for (size_t k = axes_.size(); k-- > 0;) {
+            offset_ += axes_[k].stride;
+            out_ += axes_[k].ostride;
+            if (++index_[k] < axes_[k].size) return;
+            offset_ -= axes_[k].stride * axes_[k].size;
+            out_ -= axes_[k].ostride * axes_[k].size;
+            index_[k] = 0;
+        }
+    }
+
+    int64_t offset() const { return offset_; }
+    int64_t out() const { return out_; }
+
+private:
+    const std::vector<LoopAxis>& axes_;
+    std::vector<int64_t> index_;
+    int64_t offset_ = 0;
+    int64_t out_ = 0;
+};
+
+struct Plan {
+    // true: the innermost memory axis keeps statistics, and a row of `lanes` values updates
+    // `lanes` separate states (vectorised across lanes). false: the innermost axis is reduced, and
+    // runs of `run_length` values update one state (vectorised along the run).
+    bool lanes_mode = false;
+    int64_t lanes = 1;         // lanes_mode: values per row after folding
+    int64_t lane_stride = 0;   // bytes between lanes
+    int64_t lane_period = 1;   // lane j feeds output lane j % lane_period (folding, see below)
+    int64_t lane_ostride = 0;  // output stride of an output lane
+    int64_t run_length = 1;    // !lanes_mode: values per run
+    int64_t run_stride = 0;    // bytes between values of a run
+    std::vector<LoopAxis> columns;  // kept axes outside the inner one: independent columns
+    std::vector<LoopAxis> rows;     // reduced axes outside the inner one
+    int64_t base_offset = 0;        // bytes; moved to the far end of axes with negative strides
+    int64_t base_out = 0;
+    int64_t out_size = 1;
+    int64_t reduced_count = 1;      // values reduced into each output
+};
+
+constexpr int64_t kMaxLanes = 1024;   // lanes per column block: accumulators stay in L1
+constexpr int64_t kFoldTarget = 64;   // fold short kept rows up to at least this many lanes
+
+// shape/strides: the array; keep[i]: axis i keeps statistics. All sizes must be > 0.
+inline Plan make_plan(int ndim, const int64_t* shape, const int64_t* strides, const bool* keep) {
+    Plan plan;
+    std::vector<LoopAxis> axes;
+    // Output is C order over the kept axes in their original order.
+    int64_t ostride = 1;
+    std::vector<int64_t> ostrides(ndim, 0);
+    for (int i = ndim; i-- > 0;) {
+        if (shape[i] <= 0) throw std::invalid_argument("make_plan: empty axis");
+        if (keep[i]) {
+            ostrides[i] = ostride;
+            ostride *= shape[i];
+        } else {
+            plan.reduced_count *= shape[i];
+        }
+    }
+    plan.out_size = ostride;
+    for (int i = 0; i < ndim; ++i) {
+        if (shape[i] == 1) continue;
+        LoopAxis a{shape[i], strides[i], ostrides[i], keep[i]};
+        if (a.stride < 0) {  // walk it forwards from the far end
+            plan.base_offset += (a.size - 1) * a.stride;
+            a.stride = -a.stride;
+            if (a.kept) {
+                plan.base_out += (a.size - 1) * a.ostride;
+                a.ostride = -a.ostride;
+            }
+        }
+        axes.push_back(a);
+    }
+    // Outermost first, innermost (smallest stride) last; stable keeps ties in array order.
+    std::stable_sort(axes.begin(), axes.end(),
+                     [](const LoopAxis& x, const LoopAxis& y) { return x.stride > y.stride; });
+    std::vector<LoopAxis> merged;
+    for (const auto& a : axes) {
+        if (!merged.empty()) {
+            LoopAxis& m = merged.back();
+            const bool contiguous = m.kept == a.kept && m.stride == a.stride * a.size &&
+                                    (!a.kept || m.ostride == a.ostride * a.size);
+            if (contiguous) {
+                m.size *= a.size;
+                m.stride = a.stride;
+                m.ostride = a.ostride;
+                continue;
+            }
+        }
+        merged.push_back(a);
+    }
+    if (merged.empty()) merged.push_back(LoopAxis{1, 0, 0, false});
+
+    const LoopAxis inner = merged.back();
+    merged.pop_back();
+    if (inner.kept) {
+        plan.lanes_mode = true;
+        plan.lanes = inner.size;
+        plan.lane_stride = inner.stride;
+        plan.lane_period = inner.size;
+        plan.lane_ostride = inner.ostride;
+        // Folding: a short kept row (e.g. 3 RGB channels) directly inside a reduced axis that
+        // continues it in memory is read as f rows at once, f * 3 lanes wide; lane j feeds
+        // channel j % 3 and the f partial states per channel are merged at the end.
+        if (inner.size < kFoldTarget && !merged.empty() && !merged.back().kept &&
+            merged.back().stride == inner.size * inner.stride) {
+            LoopAxis& outer = merged.back();
+            int64_t fold = 1;
+            for (int64_t f = std::min<int64_t>(outer.size, kMaxLanes / inner.size); f > 1; --f) {
+                if (outer.size % f == 0) {
+                    fold = f;
+                    break;
+                }
+            }
+            if (fold > 1) {
+                plan.lanes = inner.size * fold;
+                outer.size /= fold;
+                outer.stride *= fold;
+                if (outer.size == 1) merged.pop_back();
+            }
+        }
+    } else {
+        plan.run_length = inner.size;
+        plan.run_stride = inner.stride;
+    }
+    for (const auto& a : merged) (a.kept ? plan.columns : plan.rows).push_back(a);
+    return plan;
+}
+
+}  // namespace FM_ISA_NAMESPACE
+}  // namespace fastmoments

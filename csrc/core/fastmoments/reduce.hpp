@@ -1,0 +1,553 @@
+// One pass over a strided array: per-output count/mean/m2, OpenMP threads over a fixed task grid.
+//
+// Numerics: values are read in fixed-size chunks. Inside a chunk each lane subtracts a shift (the
+// chunk's first finite value of that lane) and sums d and d^2 in float64, which is exact for the
+// shifted float32 products and keeps the cancellation of s2 - s1^2/n small (Chan, Golub &
+// LeVeque 1983). Chunk states are merged with `combine` in a fixed order, tasks in a fixed order,
+// so the result does not depend on the thread count (Schubert & Gertz 2018 for the parallel merge).
+// Integers up to 32 bits are summed exactly (x and x^2 in 64/128-bit) and rounded once at the end.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#include <vector>
+
+#include "dtypes.hpp"
+#include "layout.hpp"
+#include "state.hpp"
+
+namespace fastmoments {
+
+enum class NanPolicy : int { Propagate = 0, Omit = 1 };
+enum class Status : int { Ok = 0, Cancelled = 1 };
+
+struct ReduceOptions {
+    int threads = 1;
+    NanPolicy nan_policy = NanPolicy::Propagate;
+    // Called from one thread about every `poll_seconds` with (values done, values total);
+    // returning false cancels the computation. Must not throw.
+    std::function<bool(int64_t, int64_t)> poll;
+    double poll_seconds = 0.1;
+};
+
+// Exact integer sums of a set of integers.
+struct IntegerSums {
+    int64_t count = 0;
+    __int128 s1 = 0;
+    __int128 s2 = 0;
+};
+
+inline namespace FM_ISA_NAMESPACE {
+
+constexpr int64_t kChunkValues = 8192;      // values per chunk state (fixed: determinism)
+constexpr int64_t kTaskValues = 1 << 20;    // values per task (unit of thread scheduling)
+constexpr int64_t kWaveTasks = 256;         // tasks whose states are held before merging
+
+inline IntegerSums combine(const IntegerSums& a, const IntegerSums& b) {
+    return IntegerSums{a.count + b.count, a.s1 + b.s1, a.s2 + b.s2};
+}
+
+// Exact sums -> state, rounding once: with m = round(mean), A = sum((x - m)^2) is an exact
+// integer and m2 = A - r^2/n with r = sum(x) - n*m, |r| <= n/2, so the subtraction loses at most
+// a factor 2 (integers spread at least r/n * (1 - r/n)).
+inline MomentState finish(const IntegerSums& s) {
+    MomentState st;
+    if (s.count == 0) return st;
+    const __int128 n = s.count;
+    __int128 m = s.s1 / n;  // truncates towards zero
+    __int128 r = s.s1 - m * n;
+    if (2 * r > n) { m += 1; r -= n; }
+    if (-2 * r > n) { m -= 1; r += n; }
+    const __int128 a = s.s2 - 2 * m * s.s1 + m * m * n;
+    const double rd = static_cast<double>(r);
+    st.count = s.count;
+    st.mean = static_cast<double>(m) + rd / static_cast<double>(s.count);
+    st.m2 = static_cast<double>(a) - rd * rd / static_cast<double>(s.count);
+    if (st.m2 < 0.0) st.m2 = 0.0;
+    return st;
+}
+
+inline MomentState finish(const MomentState& s) { return s; }
+
+template <class T>
+inline T load_at(const char* p) {
+    T v;
+    std::memcpy(&v, p, sizeof(T));
+    return v;
+}
+
+template <class W>
+inline W finite_or_zero(W v) {
+    return std::isfinite(v) ? v : W(0);
+}
+
+// ---- lanes mode: a row of `lanes` values updates `lanes` states --------------------------------
+
+template <class T, bool Omit, bool Contig>
+struct FloatLanes {
+    using W = typename element_traits<T>::work;
+    std::vector<double> shift, s1, s2, cnt;
+    explicit FloatLanes(int64_t lanes) : shift(lanes), s1(lanes), s2(lanes), cnt(lanes) {}
+
+    static double value(const char* row, int64_t l, int64_t ls) {
+        if constexpr (Contig)
+            return static_cast<double>(element_traits<T>::load(reinterpret_cast<const T*>(row)[l]));
+        else
+            return static_cast<double>(element_traits<T>::load(load_at<T>(row + l * ls)));
+    }
+
+    // rows: pointers to `nrows` rows; adds the chunk's states into acc[0..lanes).
+    void chunk(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls, MomentState* acc) {
+        double* __restrict sh = shift.data();
+        double* __restrict a1 = s1.data();
+        double* __restrict a2 = s2.data();
+        double* __restrict c = cnt.data();
+        for (int64_t l = 0; l < lanes; ++l) {
+            sh[l] = finite_or_zero(value(rows[0], l, ls));
+            a1[l] = a2[l] = c[l] = 0.0;
+        }
+        int64_t r = 0;
+        for (; r + 2 <= nrows; r += 2) {
+            const char* p0 = rows[r];
+            const char* p1 = rows[r + 1];
+            for (int64_t l = 0; l < lanes; ++l) {
+                double d0 = value(p0, l, ls) - sh[l];
+                double d1 = value(p1, l, ls) - sh[l];
+                if constexpr (Omit) {
+                    const bool k0 = d0 == d0, k1 = d1 == d1;
+                    d0 = k0 ? d0 : 0.0;
+                    d1 = k1 ? d1 : 0.0;
+                    c[l] += static_cast<double>(k0) + static_cast<double>(k1);
+                }
+                a1[l] += d0 + d1;
+                a2[l] += d0 * d0 + d1 * d1;
+            }
+        }
+        for (; r < nrows; ++r) {
+            for (int64_t l = 0; l < lanes; ++l) {
+                double d = value(rows[r], l, ls) - sh[l];
+                if constexpr (Omit) {
+                    const bool k = d == d;
+                    d = k ? d : 0.0;
+                    c[l] += static_cast<double>(k);
+                }
+                a1[l] += d;
+                a2[l] += d * d;
+            }
+        }
+        for (int64_t l = 0; l < lanes; ++l) {
+            const int64_t n = Omit ? static_cast<int64_t>(c[l]) : nrows;
+            acc[l] = combine(acc[l], from_shifted_sums(n, sh[l], a1[l], a2[l]));
+        }
+    }
+};
+
+template <class T, bool Contig>
+struct IntegerLanes {
+    // 8/16-bit squares sum exactly in int64 over a chunk; 32-bit squares need 128 bits.
+    using sq = std::conditional_t<(sizeof(T) <= 2), int64_t, __int128>;
+    std::vector<int64_t> s1;
+    std::vector<sq> s2;
+    explicit IntegerLanes(int64_t lanes) : s1(lanes), s2(lanes) {}
+
+    static int64_t value(const char* row, int64_t l, int64_t ls) {
+        if constexpr (Contig)
+            return static_cast<int64_t>(reinterpret_cast<const T*>(row)[l]);
+        else
+            return static_cast<int64_t>(load_at<T>(row + l * ls));
+    }
+
+    void chunk(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls, IntegerSums* acc) {
+        int64_t* __restrict a1 = s1.data();
+        sq* __restrict a2 = s2.data();
+        for (int64_t l = 0; l < lanes; ++l) a1[l] = 0, a2[l] = 0;
+        for (int64_t r = 0; r < nrows; ++r) {
+            const char* p = rows[r];
+            for (int64_t l = 0; l < lanes; ++l) {
+                const int64_t v = value(p, l, ls);
+                a1[l] += v;
+                a2[l] += static_cast<sq>(v) * v;
+            }
+        }
+        for (int64_t l = 0; l < lanes; ++l) {
+            acc[l].count += nrows;
+            acc[l].s1 += a1[l];
+            acc[l].s2 += a2[l];
+        }
+    }
+};
+
+// ---- run mode: a run of values updates one state ----------------------------------------------
+
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4i __attribute__((vector_size(32)));
+
+template <class T, bool Omit, bool Contig>
+struct FloatRun {
+    v4d a1[4], a2[4], c[4];
+    double sh = 0.0;
+
+    static double value(const char* p, int64_t i, int64_t stride) {
+        if constexpr (Contig)
+            return static_cast<double>(element_traits<T>::load(reinterpret_cast<const T*>(p)[i]));
+        else
+            return static_cast<double>(element_traits<T>::load(load_at<T>(p + i * stride)));
+    }
+
+    void start(double shift) {
+        sh = shift;
+        for (int u = 0; u < 4; ++u) a1[u] = a2[u] = c[u] = v4d{0, 0, 0, 0};
+    }
+
+    void add(v4d d, int u) {
+        if constexpr (Omit) {
+            const v4i keep = d == d;
+            d = keep ? d : v4d{0, 0, 0, 0};
+            c[u] -= __builtin_convertvector(keep, v4d);
+        }
+        a1[u] += d;
+        a2[u] += d * d;
+    }
+
+    void run(const char* p, int64_t n, int64_t stride) {
+        const v4d s = {sh, sh, sh, sh};
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            for (int u = 0; u < 4; ++u) {
+                const int64_t j = i + 4 * u;
+                v4d d = {value(p, j, stride), value(p, j + 1, stride), value(p, j + 2, stride),
+                         value(p, j + 3, stride)};
+                add(d - s, u);
+            }
+        }
+        for (; i < n; ++i) {
+            v4d d = {value(p, i, stride) - sh, 0, 0, 0};
+            if constexpr (Omit) {
+                if (d[0] != d[0]) continue;
+                c[0][0] += 1.0;
+            }
+            a1[0] += d;
+            a2[0] += d * d;
+        }
+    }
+
+    MomentState finish_chunk(int64_t n) const {
+        // Fixed-order horizontal sums: same bits on every run.
+        double t1 = 0, t2 = 0, tc = 0;
+        for (int u = 0; u < 4; ++u)
+            for (int k = 0; k < 4; ++k) t1 += a1[u][k], t2 += a2[u][k], tc += c[u][k];
+        return from_shifted_sums(Omit ? static_cast<int64_t>(tc) : n, sh, t1, t2);
+    }
+};
+
+template <class T, bool Contig>
+struct IntegerRun {
+    using sq = std::conditional_t<(sizeof(T) <= 2), int64_t, __int128>;
+    int64_t a1[8];
+    sq a2[8];
+
+    void start() {
+        for (int k = 0; k < 8; ++k) a1[k] = 0, a2[k] = 0;
+    }
+
+    void run(const char* p, int64_t n, int64_t stride) {
+        auto value = [&](int64_t i) -> int64_t {
+            if constexpr (Contig) return static_cast<int64_t>(reinterpret_cast<const T*>(p)[i]);
+            else return static_cast<int64_t>(load_at<T>(p + i * stride));
+        };
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int k = 0; k < 8; ++k) {
+                const int64_t v = value(i + k);
+                a1[k] += v;
+                a2[k] += static_cast<sq>(v) * v;
+            }
+        for (; i < n; ++i) {
+            const int64_t v = value(i);
+            a1[0] += v;
+            a2[0] += static_cast<sq>(v) * v;
+        }
+    }
+
+    void add_to(IntegerSums& acc, int64_t n) const {
+        acc.count += n;
+        for (int k = 0; k < 8; ++k) acc.s1 += a1[k], acc.s2 += a2[k];
+    }
+};
+
+// ---- the driver --------------------------------------------------------------------------------
+
+template <class T>
+using accumulator_t = std::conditional_t<element_traits<T>::exact_integer, IntegerSums, MomentState>;
+
+// Per-column geometry shared by both modes.
+struct ColumnGrid {
+    int64_t count = 1;          // number of independent columns
+    int64_t lane_blocks = 1;    // lanes mode: lane blocks per column of `columns` axes
+    int64_t width = 1;          // states per column (lanes of the widest block, or 1)
+    int64_t values = 0;         // values per column
+    int64_t splits = 1;         // tasks per column (> 1: partial states merged in waves)
+    int64_t group = 1;          // columns per task (splits == 1)
+    int64_t units = 0;          // rows (lanes mode) or values (run mode) per column
+    int64_t units_per_task = 0;
+};
+
+template <class T, bool Omit>
+class Reducer {
+public:
+    using Acc = accumulator_t<T>;
+    static constexpr bool kExact = element_traits<T>::exact_integer;
+
+    Reducer(const char* data, const Plan& plan) : data_(data + plan.base_offset), plan_(plan) {
+        Odometer cols(plan.columns), rows(plan.rows);
+        if (plan.lanes_mode) {
+            grid_.lane_blocks = (plan.lanes + kMaxLanes - 1) / kMaxLanes;
+            grid_.width = std::min(plan.lanes, kMaxLanes);
+            grid_.count = cols.count() * grid_.lane_blocks;
+            grid_.units = rows.count();
+            grid_.values = grid_.units * grid_.width;
+            chunk_units_ = std::max<int64_t>(1, kChunkValues / grid_.width);
+            grid_.units_per_task = std::max<int64_t>(chunk_units_, (kTaskValues / grid_.width) / chunk_units_ * chunk_units_);
+        } else {
+            grid_.count = cols.count();
+            grid_.units = rows.count() * plan.run_length;
+            grid_.values = grid_.units;
+            chunk_units_ = kChunkValues;
+            grid_.units_per_task = kTaskValues;
+        }
+        if (grid_.units > grid_.units_per_task) {
+            grid_.splits = (grid_.units + grid_.units_per_task - 1) / grid_.units_per_task;
+        } else {
+            grid_.group = std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, grid_.values));
+        }
+    }
+
+    Status run(MomentState* out, const ReduceOptions& opt) {
+        const int64_t ncols = grid_.count;
+        std::vector<Acc> acc(static_cast<size_t>(ncols * grid_.width));
+        const int64_t total = ncols * grid_.values;
+        const int threads = std::max(1, opt.threads);
+        std::atomic<int64_t> done{0};
+        std::atomic<bool> cancel{false};
+        auto last_poll = std::chrono::steady_clock::now();
+
+        // Called by thread 0 between tasks (and by the caller between waves).
+        auto poll = [&]() {
+            if (!opt.poll || cancel.load(std::memory_order_relaxed)) return;
+            const auto now = std::chrono::steady_clock::now();
+            if (std::chrono::duration<double>(now - last_poll).count() < opt.poll_seconds) return;
+            last_poll = now;
+            if (!opt.poll(done.load(std::memory_order_relaxed), total)) cancel.store(true);
+        };
+
+        if (grid_.splits == 1) {
+            const int64_t ntasks = (ncols + grid_.group - 1) / grid_.group;
+            run_tasks(ntasks, threads, total > kTaskValues, cancel, poll,
+                      [&](int64_t t, Worker& w) {
+                          const int64_t c1 = std::min(ncols, (t + 1) * grid_.group);
+                          for (int64_t c = t * grid_.group; c < c1; ++c) {
+                              w.column(c, 0, grid_.units, &acc[static_cast<size_t>(c * grid_.width)]);
+                              done.fetch_add(grid_.values, std::memory_order_relaxed);
+                          }
+                      });
+        } else {
+            // Each column is cut into `splits` tasks; waves of tasks run in parallel and their
+            // partial states are merged into the column in task order.
+            const int64_t ntasks = ncols * grid_.splits;
+            std::vector<Acc> slots(static_cast<size_t>(kWaveTasks * grid_.width));
+            for (int64_t w0 = 0; w0 < ntasks && !cancel.load(); w0 += kWaveTasks) {
+                const int64_t nw = std::min(kWaveTasks, ntasks - w0);
+                std::fill(slots.begin(), slots.end(), Acc{});
+                run_tasks(nw, threads, true, cancel, poll, [&](int64_t t, Worker& w) {
+                    const int64_t task = w0 + t;
+                    const int64_t c = task / grid_.splits, s = task % grid_.splits;
+                    const int64_t u0 = s * grid_.units_per_task;
+                    const int64_t u1 = std::min(grid_.units, u0 + grid_.units_per_task);
+                    w.column(c, u0, u1, &slots[static_cast<size_t>(t * grid_.width)]);
+                    done.fetch_add((u1 - u0) * (grid_.values / grid_.units), std::memory_order_relaxed);
+                });
+                for (int64_t t = 0; t < nw; ++t) {
+                    const int64_t c = (w0 + t) / grid_.splits;
+                    for (int64_t l = 0; l < grid_.width; ++l)
+                        acc[c * grid_.width + l] = combine(acc[c * grid_.width + l], slots[t * grid_.width + l]);
+                }
+                poll();
+            }
+        }
+        if (cancel.load()) return Status::Cancelled;
+        scatter(acc, out);
+        return Status::Ok;
+    }
+
+private:
+    // Per-thread scratch and the loops over one column's units [u0, u1).
+    class Worker {
+    public:
+        Worker(const Reducer& r) : r_(r), lanes_(r.grid_.width), row_ptrs_(r.chunk_units_) {}
+
+        void column(int64_t c, int64_t u0, int64_t u1, Acc* acc) {
+            const Plan& p = r_.plan_;
+            Odometer cols(p.columns), rows(p.rows);
+            if (p.lanes_mode) {
+                const int64_t block = c % r_.grid_.lane_blocks;
+                cols.seek(c / r_.grid_.lane_blocks);
+                const int64_t lane0 = block * kMaxLanes;
+                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
+                const char* base = r_.data_ + cols.offset() + lane0 * p.lane_stride;
+                rows.seek(u0);
+                for (int64_t r0 = u0; r0 < u1; r0 += r_.chunk_units_) {
+                    const int64_t n = std::min(r_.chunk_units_, u1 - r0);
+                    for (int64_t k = 0; k < n; ++k, rows.next()) row_ptrs_[k] = base + rows.offset();
+                    if (p.lane_stride == static_cast<int64_t>(sizeof(T)))
+                        lane_kernel<true>(n, width, acc);
+                    else
+                        lane_kernel<false>(n, width, acc);
+                }
+            } else {
+                cols.seek(c);
+                const char* base = r_.data_ + cols.offset();
+                const int64_t L = p.run_length;
+                rows.seek(u0 / L);
+                int64_t pos = u0 % L;
+                for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_) {
+                    const int64_t e1 = std::min(u1, e0 + r_.chunk_units_);
+                    if (p.run_stride == static_cast<int64_t>(sizeof(T)))
+                        run_kernel<true>(base, rows, pos, e1 - e0, acc[0]);
+                    else
+                        run_kernel<false>(base, rows, pos, e1 - e0, acc[0]);
+                }
+            }
+        }
+
+    private:
+        template <bool Contig>
+        void lane_kernel(int64_t n, int64_t width, Acc* acc) {
+            const int64_t ls = r_.plan_.lane_stride;
+            if constexpr (Contig)
+                contig_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc);
+            else
+                strided_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc);
+        }
+
+        // Reads n values starting at (rows, pos), crossing run boundaries.
+        template <bool Contig>
+        void run_kernel(const char* base, Odometer& rows, int64_t& pos, int64_t n, Acc& acc) {
+            const Plan& p = r_.plan_;
+            const int64_t L = p.run_length, st = p.run_stride;
+            if constexpr (kExact) {
+                IntegerRun<T, Contig> k;
+                k.start();
+                int64_t left = n;
+                while (left > 0) {
+                    const int64_t m = std::min(left, L - pos);
+                    k.run(base + rows.offset() + pos * st, m, st);
+                    left -= m;
+                    pos += m;
+                    if (pos == L) pos = 0, rows.next();
+                }
+                k.add_to(acc, n);
+            } else {
+                FloatRun<T, Omit, Contig> k;
+                using W = typename element_traits<T>::work;
+                const W first = element_traits<T>::load(load_at<T>(base + rows.offset() + pos * st));
+                k.start(static_cast<double>(finite_or_zero(first)));
+                int64_t left = n;
+                while (left > 0) {
+                    const int64_t m = std::min(left, L - pos);
+                    k.run(base + rows.offset() + pos * st, m, st);
+                    left -= m;
+                    pos += m;
+                    if (pos == L) pos = 0, rows.next();
+                }
+                acc = combine(acc, k.finish_chunk(n));
+            }
+        }
+
+        using ContigLanes = std::conditional_t<kExact, IntegerLanes<T, true>, FloatLanes<T, Omit, true>>;
+        using StridedLanes = std::conditional_t<kExact, IntegerLanes<T, false>, FloatLanes<T, Omit, false>>;
+
+        const Reducer& r_;
+        int64_t lanes_;
+        std::vector<const char*> row_ptrs_;
+        ContigLanes contig_lanes_{lanes_};
+        StridedLanes strided_lanes_{lanes_};
+    };
+
+    template <class Body, class Poll>
+    void run_tasks(int64_t ntasks, int threads, bool parallel, std::atomic<bool>& cancel, Poll& poll,
+                   Body&& body) {
+        const int nt = parallel ? static_cast<int>(std::min<int64_t>(threads, ntasks)) : 1;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+#endif
+        {
+            Worker w(*this);
+#if defined(_OPENMP)
+            const bool poller = omp_get_thread_num() == 0;
+#pragma omp for schedule(dynamic, 1)
+#else
+            const bool poller = true;
+#endif
+            for (int64_t t = 0; t < ntasks; ++t) {
+                if (cancel.load(std::memory_order_relaxed)) continue;
+                body(t, w);
+                if (poller) poll();
+            }
+        }
+        (void)nt;
+    }
+
+    // Column states -> output states; folded lanes merge into their output lane in lane order.
+    void scatter(const std::vector<Acc>& acc, MomentState* out) const {
+        const Plan& p = plan_;
+        std::vector<Acc> merged(static_cast<size_t>(p.out_size));
+        Odometer cols(p.columns);
+        for (int64_t c = 0; c < grid_.count; ++c) {
+            if (p.lanes_mode) {
+                const int64_t block = c % grid_.lane_blocks;
+                cols.seek(c / grid_.lane_blocks);
+                const int64_t lane0 = block * kMaxLanes;
+                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
+                for (int64_t l = 0; l < width; ++l) {
+                    const int64_t o = p.base_out + cols.out() + ((lane0 + l) % p.lane_period) * p.lane_ostride;
+                    merged[o] = combine(merged[o], acc[c * grid_.width + l]);
+                }
+            } else {
+                cols.seek(c);
+                const int64_t o = p.base_out + cols.out();
+                merged[o] = acc[c * grid_.width];
+            }
+        }
+        for (int64_t o = 0; o < p.out_size; ++o) out[o] = finish(merged[o]);
+    }
+
+    const char* data_;
+    const Plan& plan_;
+    ColumnGrid grid_;
+    int64_t chunk_units_ = 1;
+};
+
+// Reduces `data` (dtype, shape, byte strides) over the axes with keep[i] == false, writing
+// prod(kept shape) states to `out` in C order of the kept axes. Sizes must all be > 0.
+inline Status reduce(const void* data, DType dtype, int ndim, const int64_t* shape,
+                     const int64_t* strides, const bool* keep, MomentState* out,
+                     const ReduceOptions& opt) {
+    const Plan plan = make_plan(ndim, shape, strides, keep);
+    return visit_dtype(dtype, [&](auto tag) -> Status {
+        using T = decltype(tag);
+        const char* p = static_cast<const char*>(data);
+        if (opt.nan_policy == NanPolicy::Omit && !element_traits<T>::exact_integer)
+            return Reducer<T, true>(p, plan).run(out, opt);
+        return Reducer<T, false>(p, plan).run(out, opt);
+    });
+}
+
+}  // namespace FM_ISA_NAMESPACE
+}  // namespace fastmoments

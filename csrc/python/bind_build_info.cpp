@@ -1,0 +1,29 @@
+#include <pybind11/pybind11.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+
+namespace fastmoments::python {
+
+void register_build_info(py::module_& m) {
+    py::dict info;
+#if defined(_OPENMP)
+    info["openmp"] = true;
+    info["openmp_version"] = _OPENMP;
+#else
+    info["openmp"] = false;
+    info["openmp_version"] = py::none();
+#endif
+#if defined(__clang__)
+    info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+    info["compiler"] = "unknown";
+#endif
+    m.attr("_compiled_info") = info;
+}
+
+}  // namespace fastmoments::python

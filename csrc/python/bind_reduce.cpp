@@ -1,0 +1,195 @@
+// Python entry points of the CPU kernel: argument checks with the GIL held, then the kernel with
+// the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include <fastmoments/state.hpp>
+
+#include "isa.hpp"
+
+namespace py = pybind11;
+
+namespace fastmoments::python {
+
+namespace {
+
+const isa::Variant& pick_variant(const std::string& name) {
+    const auto& vs = isa::variants();
+    if (name.empty() || name == "auto") {
+        for (const auto& v : vs)
+            if (v.supported()) return v;
+        return vs.back();
+    }
+    for (const auto& v : vs)
+        if (name == v.name) {
+            if (!v.supported())
+                throw py::value_error("instruction set '" + name + "' is not supported by this CPU");
+            return v;
+        }
+    throw py::value_error("unknown instruction set '" + name + "'");
+}
+
+std::string default_isa() {
+    const char* env = std::getenv("FASTMOMENTS_ISA");
+    return env ? std::string(env) : std::string();
+}
+
+py::array_t<double> empty_like_shape(const std::vector<py::ssize_t>& shape) {
+    return py::array_t<double>(shape);
+}
+
+// reduce(array, keep, dtype_code, nan_omit, threads, poll, isa) -> (count, mean, m2)
+py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan_omit, int threads,
+                 py::object poll, const std::string& isa_name) {
+    const int ndim = static_cast<int>(arr.ndim());
+    if (static_cast<int>(keep.size()) != ndim)
+        throw py::value_error("keep has " + std::to_string(keep.size()) + " entries for an array of " +
+                              std::to_string(ndim) + " dimensions");
+    if (dtype_code < 0 || dtype_code > static_cast<int>(DType::Float64))
+        throw py::value_error("invalid dtype code " + std::to_string(dtype_code));
+    const DType dtype = static_cast<DType>(dtype_code);
+    if (arr.itemsize() != dtype_itemsize(dtype))
+        throw py::type_error(std::string("array itemsize does not match dtype ") + dtype_name(dtype));
+    if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
+    const isa::Variant& variant = pick_variant(isa_name.empty() ? default_isa() : isa_name);
+
+    std::vector<int64_t> shape(ndim), strides(ndim);
+    std::vector<py::ssize_t> out_shape;
+    int64_t reduced = 1;
+    bool any_empty = false;
+    std::unique_ptr<bool[]> keep_flags(new bool[ndim > 0 ? ndim : 1]);
+    for (int i = 0; i < ndim; ++i) {
+        shape[i] = arr.shape(i);
+        strides[i] = arr.strides(i);
+        keep_flags[i] = keep[i];
+        if (keep[i]) out_shape.push_back(arr.shape(i)); else reduced *= shape[i];
+        any_empty = any_empty || shape[i] == 0;
+    }
+    py::array_t<int64_t> count(out_shape);
+    py::array_t<double> mean(out_shape), m2(out_shape);
+    const int64_t nout = static_cast<int64_t>(count.size());
+    if (nout == 0) return py::make_tuple(count, mean, m2);
+    if (any_empty) throw py::value_error("cannot compute moments of an empty reduction (0 values per output)");
+
+    std::vector<MomentState> out(static_cast<size_t>(nout));
+    std::exception_ptr poll_error;
+    ReduceOptions opt;
+    opt.threads = threads;
+    opt.nan_policy = nan_omit ? NanPolicy::Omit : NanPolicy::Propagate;
+    // Runs on one kernel thread with the GIL re-acquired: lets Ctrl-C and the progress callback
+    // through; an exception in the callback cancels the computation and is re-raised below.
+    opt.poll = [&](int64_t done, int64_t total) -> bool {
+        py::gil_scoped_acquire gil;
+        try {
+            if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+            if (!poll.is_none()) poll(done, total);
+            return true;
+        } catch (...) {
+            poll_error = std::current_exception();
+            return false;
+        }
+    };
+    Status status;
+    {
+        // Safe without the GIL: the kernel only reads the buffer (kept alive by `arr`) and writes
+        // `out`; Python objects are touched only inside `opt.poll`, which takes the GIL back.
+        py::gil_scoped_release release;
+        status = variant.reduce(arr.data(), dtype, ndim, shape.data(), strides.data(), keep_flags.get(),
+                                out.data(), opt);
+    }
+    if (poll_error) std::rethrow_exception(poll_error);
+    if (status != Status::Ok) throw py::value_error("computation cancelled");
+    int64_t* c = count.mutable_data();
+    double* mu = mean.mutable_data();
+    double* q = m2.mutable_data();
+    for (int64_t i = 0; i < nout; ++i) c[i] = out[i].count, mu[i] = out[i].mean, q[i] = out[i].m2;
+    return py::make_tuple(count, mean, m2);
+}
+
+// Elementwise Chan merge of two sets of states of the same shape.
+py::tuple combine_arrays(py::array_t<int64_t, py::array::c_style | py::array::forcecast> ca,
+                         py::array_t<double, py::array::c_style | py::array::forcecast> ma,
+                         py::array_t<double, py::array::c_style | py::array::forcecast> qa,
+                         py::array_t<int64_t, py::array::c_style | py::array::forcecast> cb,
+                         py::array_t<double, py::array::c_style | py::array::forcecast> mb,
+                         py::array_t<double, py::array::c_style | py::array::forcecast> qb) {
+    const py::ssize_t n = ca.size();
+    for (const py::array* a : {static_cast<const py::array*>(&ma), static_cast<const py::array*>(&qa),
+                               static_cast<const py::array*>(&cb), static_cast<const py::array*>(&mb),
+                               static_cast<const py::array*>(&qb)})
+        if (a->size() != n) throw py::value_error("combine: states have different shapes");
+    std::vector<py::ssize_t> shape(ca.shape(), ca.shape() + ca.ndim());
+    py::array_t<int64_t> c(shape);
+    py::array_t<double> m(shape), q(shape);
+    const int64_t* pca = ca.data(); const double* pma = ma.data(); const double* pqa = qa.data();
+    const int64_t* pcb = cb.data(); const double* pmb = mb.data(); const double* pqb = qb.data();
+    int64_t* pc = c.mutable_data(); double* pm = m.mutable_data(); double* pq = q.mutable_data();
+    for (py::ssize_t i = 0; i < n; ++i) {
+        const MomentState s = combine(MomentState{pca[i], pma[i], pqa[i]}, MomentState{pcb[i], pmb[i], pqb[i]});
+        pc[i] = s.count, pm[i] = s.mean, pq[i] = s.m2;
+    }
+    return py::make_tuple(c, m, q);
+}
+
+// Plain read of a C-contiguous buffer with independent 64-bit lanes and the same threads and
+// OpenMP runtime as the kernel: the memory-bandwidth ceiling the benchmarks compare against.
+uint64_t read_bandwidth(py::buffer buf, int threads) {
+    py::buffer_info info = buf.request();
+    const auto* p = static_cast<const unsigned char*>(info.ptr);
+    const int64_t bytes = info.size * info.itemsize;
+    const int64_t words = bytes / 8;
+    uint64_t total = 0;
+    {
+        py::gil_scoped_release release;  // reads only
+        const int64_t block = 1 << 16;
+        const int64_t nblocks = (words + block - 1) / block;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) reduction(+ : total) num_threads(threads)
+#endif
+        for (int64_t b = 0; b < nblocks; ++b) {
+            uint64_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            const int64_t w1 = std::min(words, (b + 1) * block);
+            int64_t w = b * block;
+            for (; w + 8 <= w1; w += 8)
+                for (int k = 0; k < 8; ++k) {
+                    uint64_t v;
+                    std::memcpy(&v, p + 8 * (w + k), 8);
+                    lane[k] += v;
+                }
+            for (; w < w1; ++w) {
+                uint64_t v;
+                std::memcpy(&v, p + 8 * w, 8);
+                lane[0] += v;
+            }
+            for (int k = 0; k < 8; ++k) total += lane[k];
+        }
+    }
+    (void)threads;
+    return total;
+}
+
+}  // namespace
+
+void register_reduce(py::module_& m) {
+    m.def("reduce", &reduce, py::arg("array"), py::arg("keep"), py::arg("dtype_code"),
+          py::arg("nan_omit") = false, py::arg("threads") = 1, py::arg("poll") = py::none(),
+          py::arg("isa") = "",
+          "Per-output (count, mean, m2) of `array` reduced over the axes with keep[i] == False.");
+    m.def("combine", &combine_arrays, "Elementwise Chan merge of two sets of (count, mean, m2).");
+    m.def("read_bandwidth", &read_bandwidth, py::arg("buffer"), py::arg("threads") = 1,
+          "Sum of the buffer's 64-bit words (a plain read loop, for benchmarks).");
+    py::list names;
+    for (const auto& v : isa::variants())
+        if (v.supported()) names.append(v.name);
+    m.attr("supported_isas") = names;
+    m.attr("selected_isa") = pick_variant(default_isa()).name;
+}
+
+}  // namespace fastmoments::python

@@ -1,0 +1,51 @@
+// Compiled once per instruction set: FM_ISA_NAMESPACE names it, FM_ISA_TARGET (optional) is the
+// GCC/Clang target string. Standard headers come first so that only fastmoments' own functions
+// get the wider target: library templates instantiated here stay baseline, and the linker may
+// share them with the baseline object safely.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#if defined(FM_ISA_TARGET)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target(FM_ISA_TARGET))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target(FM_ISA_TARGET)
+#endif
+#endif
+
+#include "isa.hpp"
+
+#define FM_JOIN2(a, b) a##_##b
+#define FM_JOIN(a, b) FM_JOIN2(a, b)
+
+namespace fastmoments::isa {
+
+Status FM_JOIN(reduce, FM_ISA_NAMESPACE)(const void* data, DType dtype, int ndim,
+                                         const int64_t* shape, const int64_t* strides,
+                                         const bool* keep, MomentState* out,
+                                         const ReduceOptions& opt) {
+    return fastmoments::FM_ISA_NAMESPACE::reduce(data, dtype, ndim, shape, strides, keep, out, opt);
+}
+
+}  // namespace fastmoments::isa
+
+#if defined(FM_ISA_TARGET)
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif

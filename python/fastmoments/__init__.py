@@ -1,0 +1,31 @@
+"""fastmoments: exact per-feature mean and variance in one pass, at memory bandwidth.
+
+``import fastmoments`` never imports TensorFlow or Keras; ``fastmoments.FastNorm`` and
+``fastmoments.tf`` load them on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._compute import compute, default_threads
+from ._moments import Accumulator, Moments
+from ._info import build_info
+
+__version__ = build_info()["version"]
+
+__all__ = ["Accumulator", "FastNorm", "Moments", "build_info", "compute", "default_threads",
+           "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: these import TensorFlow/Keras (or other optional dependencies) only when asked for.
+    if name == "FastNorm":
+        from .keras import FastNorm
+
+        return FastNorm
+    if name in ("tf", "keras", "dask"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'fastmoments' has no attribute {name!r}")

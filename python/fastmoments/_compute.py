@@ -1,0 +1,204 @@
+"""``compute``: the one-call entry point over arrays, memmaps and ``.npy`` files."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from ._axes import AxisLike, keep_mask, kept_shape, normalize_keep_axes
+from ._dtypes import dtype_code, is_native
+from ._moments import Moments
+from ._progress import ProgressLike, progress_reporter
+
+NAN_POLICIES = ("propagate", "omit", "raise")
+
+# Blocks of this many bytes are converted at a time where the kernel cannot read the array as
+# it is (non-native byte order): bounded extra memory instead of a full-size copy.
+_CONVERT_BLOCK_BYTES = 8 << 20
+
+
+def default_threads() -> int:
+    """Threads ``threads=None`` uses: ``OMP_NUM_THREADS`` if set, else the CPUs this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env:
+        try:
+            n = int(env)
+            if n >= 1:
+                return n
+        except ValueError:
+            pass
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_nan_policy(nan_policy: str) -> str:
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    return nan_policy
+
+
+def check_threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {threads!r}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def check_ddof(ddof: int) -> int:
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
+    return int(ddof)
+
+
+def load_npy(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Memory-maps a ``.npy`` file (never reads it whole); clear errors for bad files."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path!r} is not a readable .npy file: {exc}") from None
+    if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "close"):
+            arr.close()
+        raise ValueError(f"{path!r} is not a .npy file (an .npz archive? pass one member)")
+    return arr
+
+
+def as_array(data: Any) -> np.ndarray:
+    """An ndarray view of ``data`` without copying arrays or memmaps."""
+    if isinstance(data, np.ndarray):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_npy(data)
+    if isinstance(data, (complex, np.complexfloating)):
+        raise TypeError("fastmoments cannot compute moments of complex values")
+    try:
+        return np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"cannot interpret {type(data).__name__} as an array: {exc}") from None
+
+
+def reduce_array(arr: np.ndarray, kept: Tuple[int, ...], *, ddof: int, nan_policy: str,
+                 threads: int, progress: ProgressLike = False) -> Moments:
+    """Moments of an ndarray over every axis not in ``kept`` (validated arguments)."""
+    code = dtype_code(arr.dtype)
+    n_reduced = int(np.prod([arr.shape[i] for i in range(arr.ndim) if i not in kept], dtype=np.int64))
+    if n_reduced == 0 and int(np.prod(kept_shape(arr.shape, kept), dtype=np.int64)) > 0:
+        raise ValueError(
+            f"cannot compute moments of an empty reduction: array of shape {arr.shape} "
+            f"has no values along the reduced axes"
+        )
+    with progress_reporter(progress, arr.nbytes) as report:
+        if is_native(arr.dtype):
+            run = _native_runner(arr, kept, code, threads, report)
+        else:
+            run = _converting_runner(arr, kept, code, threads, report)
+        count, mean, m2 = run(False)
+        if nan_policy != "propagate" and arr.dtype.kind not in "biu":
+            if nan_policy == "omit":
+                count, mean, m2 = run(True)
+            elif np.isnan(mean).any():
+                # NaN means can come from inf - inf; only NaN *inputs* are an error.
+                omitted = run(True)[0]
+                if np.any(omitted != count):
+                    raise ValueError("the data contains NaN (nan_policy='raise')")
+    return Moments(count, mean, m2, ddof=ddof)
+
+
+def _native_runner(arr, kept, code, threads, report):
+    keep = keep_mask(kept, arr.ndim)
+    itemsize = arr.dtype.itemsize
+
+    def run(omit: bool):
+        poll = None if report is None else (lambda done, total: report(done * itemsize))
+        return _core.reduce(arr, keep, code, omit, threads, poll)
+
+    return run
+
+
+def _converting_runner(arr, kept, code, threads, report):
+    """Non-native byte order: convert and reduce blocks along the outermost axis."""
+    native = arr.dtype.newbyteorder("=")
+    if arr.ndim == 0:
+        return _native_runner(arr.astype(native), kept, code, threads, report)
+    axis = int(np.argmax([abs(s) if n > 1 else -1 for s, n in zip(arr.strides, arr.shape)]))
+    slice_bytes = max(1, arr.nbytes // max(1, arr.shape[axis]))
+    step = max(1, _CONVERT_BLOCK_BYTES // slice_bytes)
+    keep = keep_mask(kept, arr.ndim)
+    out_axis = sum(keep[:axis])
+
+    def run(omit: bool):
+        parts = []
+        for start in range(0, arr.shape[axis], step):
+            index = [slice(None)] * arr.ndim
+            index[axis] = slice(start, start + step)
+            block = np.ascontiguousarray(arr[tuple(index)], dtype=native)
+            parts.append(_core.reduce(block, keep, code, omit, threads, None))
+            if report is not None:
+                report(min(arr.shape[axis], start + step) * slice_bytes)
+        if keep[axis]:
+            return tuple(np.concatenate([p[k] for p in parts], axis=out_axis) for k in range(3))
+        total = Moments(*parts[0])
+        for p in parts[1:]:
+            total = total.merge(Moments(*p))
+        return total._count, total._mean, total._m2
+
+    return run
+
+
+def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = "propagate",
+            threads: Optional[int] = None,
+            progress: Union[bool, Callable[[int, int], Any]] = False) -> Moments:
+    """Per-feature count, mean and variance in one pass, exactly and at memory bandwidth.
+
+    Parameters
+    ----------
+    data : array_like, np.memmap, str or os.PathLike
+        Any NumPy array (any strides, byte order, read-only), a memory map, the path of a
+        ``.npy`` file (memory-mapped, never loaded whole) or anything ``np.asarray`` accepts.
+        Dtypes: bool, (u)int8-64, float16, bfloat16 (``ml_dtypes``), float32, float64.
+    axis : None, int or tuple of ints, default -1
+        Axes that keep separate statistics, as in ``keras.layers.Normalization``; all other axes
+        are reduced. ``None`` reduces everything.
+    ddof : int, default 0
+        Delta degrees of freedom of :attr:`Moments.variance`.
+    nan_policy : {"propagate", "omit", "raise"}
+        NaN handling: like ``np.var``, like ``np.nanvar`` (per-index counts), or ``ValueError``.
+    threads : int, optional
+        Threads to use; default ``OMP_NUM_THREADS`` or the CPUs this process may use. The result
+        is bitwise identical for every thread count.
+    progress : bool or callable
+        ``True`` shows a progress bar; a callable receives ``(done_bytes, total_bytes)``.
+
+    Returns
+    -------
+    Moments
+        ``count``, ``mean``, ``variance``, ``std`` and ``m2`` with the shape of the kept axes.
+
+    Examples
+    --------
+    >>> import numpy as np, fastmoments
+    >>> x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    >>> r = fastmoments.compute(x, axis=-1)
+    >>> r.mean
+    array([4.5, 5.5, 6.5])
+    >>> float(fastmoments.compute(x, axis=None).variance)
+    11.916666666666666
+    """
+    ddof = check_ddof(ddof)
+    nan_policy = check_nan_policy(nan_policy)
+    threads = check_threads(threads)
+    arr = as_array(data)
+    kept = normalize_keep_axes(axis, arr.ndim)
+    return reduce_array(arr, kept, ddof=ddof, nan_policy=nan_policy, threads=threads,
+                        progress=progress)

@@ -1,0 +1,194 @@
+"""``Moments``: a mergeable (count, mean, m2) result, and ``Accumulator`` for data in batches."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._axes import AxisLike
+
+
+def _scalar_or_array(a: np.ndarray) -> Any:
+    return a[()] if a.ndim == 0 else a
+
+
+class Moments:
+    """Count, mean and sum of squared deviations (``m2``) per kept index.
+
+    Rebuild one from its arrays with ``Moments(count, mean, m2)``; merge partial results with
+    :meth:`merge` (Chan et al. 1983), in any grouping, to get the statistics of all the data.
+
+    Parameters
+    ----------
+    count, mean, m2 : array_like
+        Per-index number of values, their mean and ``sum((x - mean)**2)``, all of one shape.
+    ddof : int, default 0
+        Delta degrees of freedom used by :attr:`variance` and :attr:`std`.
+    sample : float or None
+        Set when the statistics were computed on a sample (fraction of the rows read).
+    """
+
+    __slots__ = ("_count", "_mean", "_m2", "ddof", "sample")
+
+    def __init__(self, count, mean, m2, *, ddof: int = 0, sample: Optional[float] = None):
+        count = np.asarray(count)
+        mean = np.asarray(mean, dtype=np.float64)
+        m2 = np.asarray(m2, dtype=np.float64)
+        if count.dtype.kind not in "iu":
+            if count.dtype.kind == "f" and np.all(np.mod(count, 1) == 0):
+                count = count.astype(np.int64)
+            else:
+                raise TypeError(f"count must hold integers, got dtype {count.dtype}")
+        count = count.astype(np.int64, copy=False)
+        if not (count.shape == mean.shape == m2.shape):
+            raise ValueError(
+                f"count, mean and m2 must have one shape, got {count.shape}, {mean.shape}, {m2.shape}"
+            )
+        if np.any(count < 0):
+            raise ValueError("count must be >= 0")
+        if int(ddof) != ddof or ddof < 0:
+            raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
+        self._count, self._mean, self._m2 = count, mean, m2
+        self.ddof = int(ddof)
+        self.sample = sample
+
+    # -- the statistics ---------------------------------------------------------------------------
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self._mean.shape
+
+    @property
+    def count(self):
+        """Values per index: ``int`` for a full reduction, else an int64 array."""
+        return int(self._count) if self._count.ndim == 0 else self._count
+
+    @property
+    def mean(self):
+        return _scalar_or_array(self._mean)
+
+    @property
+    def m2(self):
+        return _scalar_or_array(self._m2)
+
+    @property
+    def variance(self):
+        """``m2 / (count - ddof)``; NaN (with a RuntimeWarning, like NumPy) where that is <= 0."""
+        denom = (self._count - self.ddof).astype(np.float64)
+        bad = denom <= 0
+        if np.any(bad):
+            warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=2)
+            denom = np.where(bad, np.nan, denom)
+        return _scalar_or_array(self._m2 / denom)
+
+    @property
+    def std(self):
+        return _scalar_or_array(np.sqrt(np.asarray(self.variance)))
+
+    # -- merging -----------------------------------------------------------------------------------
+    def merge(self, other: "Moments") -> "Moments":
+        """Statistics of the union of the data behind ``self`` and ``other`` (same shape)."""
+        if not isinstance(other, Moments):
+            raise TypeError(f"can only merge Moments with Moments, got {type(other).__name__}")
+        if other.shape != self.shape:
+            raise ValueError(f"cannot merge Moments of shape {self.shape} with shape {other.shape}")
+        c, m, q = _core.combine(self._count, self._mean, self._m2, other._count, other._mean, other._m2)
+        sample = self.sample if self.sample is not None else other.sample
+        return Moments(c.reshape(self.shape), m.reshape(self.shape), q.reshape(self.shape),
+                       ddof=self.ddof, sample=sample)
+
+    __add__ = merge
+
+    def with_ddof(self, ddof: int) -> "Moments":
+        return Moments(self._count, self._mean, self._m2, ddof=ddof, sample=self.sample)
+
+    # -- plain data --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain arrays (``count``, ``mean``, ``m2``) that rebuild this result with ``Moments(**d)``."""
+        return {"count": self._count.copy(), "mean": self._mean.copy(), "m2": self._m2.copy()}
+
+    def __getstate__(self):
+        return {"count": self._count, "mean": self._mean, "m2": self._m2,
+                "ddof": self.ddof, "sample": self.sample}
+
+    def __setstate__(self, state):
+        self.__init__(state["count"], state["mean"], state["m2"], ddof=state["ddof"],
+                      sample=state["sample"])
+
+    def __eq__(self, other):
+        if not isinstance(other, Moments):
+            return NotImplemented
+        return (self.shape == other.shape and np.array_equal(self._count, other._count)
+                and np.array_equal(self._mean, other._mean, equal_nan=True)
+                and np.array_equal(self._m2, other._m2, equal_nan=True))
+
+    __hash__ = None  # mutable arrays inside
+
+    def __repr__(self) -> str:
+        extra = f", sample={self.sample}" if self.sample is not None else ""
+        if self._mean.ndim == 0:
+            return (f"Moments(count={self.count}, mean={float(self._mean)!r}, "
+                    f"m2={float(self._m2)!r}, ddof={self.ddof}{extra})")
+        return f"Moments(shape={self.shape}, ddof={self.ddof}{extra})"
+
+
+class Accumulator:
+    """Statistics of data that arrives in batches: ``update`` each batch, ``result`` at the end.
+
+    Batches are reduced with :func:`fastmoments.compute` and merged exactly, so the result equals
+    one pass over the concatenated data (to rounding), whatever the batch sizes.
+
+    Parameters
+    ----------
+    axis : None, int or tuple of ints
+        Axes that keep separate statistics (as in ``keras.layers.Normalization``).
+    ddof, nan_policy, threads :
+        As in :func:`fastmoments.compute`.
+    """
+
+    def __init__(self, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = "propagate",
+                 threads: Optional[int] = None):
+        self.axis = axis
+        self.ddof = ddof
+        self.nan_policy = nan_policy
+        self.threads = threads
+        self._state: Optional[Moments] = None
+
+    def update(self, batch, **kwargs) -> "Accumulator":
+        from ._compute import compute
+
+        part = compute(batch, axis=self.axis, ddof=self.ddof, nan_policy=self.nan_policy,
+                       threads=self.threads, **kwargs)
+        self._merge_state(part)
+        return self
+
+    def _merge_state(self, part: Moments) -> None:
+        if self._state is None:
+            self._state = part
+        elif part.shape != self._state.shape:
+            raise ValueError(
+                f"batch statistics have shape {part.shape}, earlier batches had {self._state.shape}"
+            )
+        else:
+            self._state = self._state.merge(part)
+
+    def merge(self, other: "Accumulator") -> "Accumulator":
+        if not isinstance(other, Accumulator):
+            raise TypeError(f"can only merge an Accumulator, got {type(other).__name__}")
+        if other._state is not None:
+            self._merge_state(other._state)
+        return self
+
+    @property
+    def empty(self) -> bool:
+        return self._state is None
+
+    def result(self) -> Moments:
+        if self._state is None:
+            raise ValueError("Accumulator.result(): no data was added")
+        return self._state.with_ddof(self.ddof)
+
+    def __repr__(self) -> str:
+        return f"Accumulator(axis={self.axis!r}, state={self._state!r})"
