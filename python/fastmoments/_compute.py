@@ -12,6 +12,7 @@ from ._axes import AxisLike, keep_mask, kept_shape, normalize_keep_axes
 from ._dtypes import dtype_code, is_native
 from ._moments import Moments
 from ._progress import ProgressLike, progress_reporter
+from ._routes import ComputeOptions, find_route
 
 NAN_POLICIES = ("propagate", "omit", "raise")
 
@@ -156,16 +157,22 @@ def _converting_runner(arr, kept, code, threads, report):
     return run
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = "propagate",
             threads: Optional[int] = None,
-            progress: Union[bool, Callable[[int, int], Any]] = False) -> Moments:
+            progress: Union[bool, Callable[[int, int], Any]] = False,
+            device: str = "auto", sample: Optional[Union[float, int]] = None,
+            sample_seed: Optional[int] = None, dtype: Any = None,
+            shape: Optional[Tuple[int, ...]] = None) -> Moments:
     """Per-feature count, mean and variance in one pass, exactly and at memory bandwidth.
 
     Parameters
     ----------
-    data : array_like, np.memmap, str or os.PathLike
+    data : array_like, np.memmap, path, list of paths, h5py/zarr array, dask array, GPU array
         Any NumPy array (any strides, byte order, read-only), a memory map, the path of a
-        ``.npy`` file (memory-mapped, never loaded whole) or anything ``np.asarray`` accepts.
+        ``.npy`` file (streamed, never loaded whole), or anything ``np.asarray`` accepts.
         Dtypes: bool, (u)int8-64, float16, bfloat16 (``ml_dtypes``), float32, float64.
     axis : None, int or tuple of ints, default -1
         Axes that keep separate statistics, as in ``keras.layers.Normalization``; all other axes
@@ -179,6 +186,12 @@ def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = 
         is bitwise identical for every thread count.
     progress : bool or callable
         ``True`` shows a progress bar; a callable receives ``(done_bytes, total_bytes)``.
+    device : {"auto", "cpu", "cuda"}
+        Where to compute; ``auto`` uses the GPU for GPU arrays and the CPU otherwise.
+    sample, sample_seed :
+        Fraction (< 1) or number of rows to read for an approximate answer on huge files.
+    dtype, shape :
+        Element type and shape of a raw binary file given as ``data``.
 
     Returns
     -------
@@ -195,10 +208,22 @@ def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = 
     >>> float(fastmoments.compute(x, axis=None).variance)
     11.916666666666666
     """
-    ddof = check_ddof(ddof)
-    nan_policy = check_nan_policy(nan_policy)
-    threads = check_threads(threads)
-    arr = as_array(data)
-    kept = normalize_keep_axes(axis, arr.ndim)
-    return reduce_array(arr, kept, ddof=ddof, nan_policy=nan_policy, threads=threads,
-                        progress=progress)
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    opts = ComputeOptions(axis=axis, ddof=check_ddof(ddof), nan_policy=check_nan_policy(nan_policy),
+                          threads=check_threads(threads), progress=progress, device=device,
+                          sample=sample, sample_seed=sample_seed, dtype=dtype,
+                          shape=None if shape is None else tuple(shape))
+    route = find_route(data, device)
+    if route is not None:
+        return route(data, opts)
+    if sample is not None or dtype is not None or shape is not None:
+        raise ValueError("sample=, dtype= and shape= apply to files, not to in-memory arrays")
+    return compute_array(as_array(data), opts)
+
+
+def compute_array(arr: np.ndarray, opts: ComputeOptions) -> Moments:
+    """The CPU kernel over an ndarray (or memmap) with validated options."""
+    kept = normalize_keep_axes(opts.axis, arr.ndim)
+    return reduce_array(arr, kept, ddof=opts.ddof, nan_policy=opts.nan_policy,
+                        threads=opts.threads, progress=opts.progress)
