@@ -17,12 +17,16 @@
 #include <omp.h>
 #endif
 
+// #pragma arguments are not macro-expanded; _Pragma on a stringised expansion is.
+#define FM_DO_PRAGMA(x) _Pragma(#x)
+#define FM_GCC_TARGET(t) FM_DO_PRAGMA(GCC target(t))
+#define FM_CLANG_TARGET(t) FM_DO_PRAGMA(clang attribute push(__attribute__((target(t))), apply_to = function))
 #if defined(FM_ISA_TARGET)
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target(FM_ISA_TARGET))), apply_to = function)
+FM_CLANG_TARGET(FM_ISA_TARGET)
 #else
 #pragma GCC push_options
-#pragma GCC target(FM_ISA_TARGET)
+FM_GCC_TARGET(FM_ISA_TARGET)
 #endif
 #endif
 

@@ -1,0 +1,205 @@
+// CPU kernels of the fastmoments TensorFlow ops: argument checks, then the core kernel from the
+// fastmoments_kernels library (the same code _core runs) and the core's merge.
+//
+// Threads: the core parallelises with OpenMP. The kernel runs it with as many threads as TF's
+// intra-op pool has (or the op's `threads` attr), so one op never uses more cores than TF would
+// give a single op; the TF thread that calls it waits (blocked) meanwhile. Inputs under ~1M
+// values (typical tf.data batches) run on the calling thread alone (the core's task size).
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+#include <fastmoments/dtypes.hpp>
+#include <fastmoments/reduce.hpp>
+#include <fastmoments/state.hpp>
+
+#include "isa.hpp"
+
+namespace fastmoments::tf_ops {
+
+namespace tf = ::tensorflow;
+
+namespace {
+
+// The kernel variant for this CPU: FASTMOMENTS_ISA (as for _core) if it names a supported one,
+// else the best supported.
+const isa::Variant& selected_variant() {
+    static const isa::Variant& chosen = []() -> const isa::Variant& {
+        const auto& vs = isa::variants();
+        const char* env = std::getenv("FASTMOMENTS_ISA");
+        if (env && *env && std::string(env) != "auto")
+            for (const auto& v : vs)
+                if (std::string(env) == v.name && v.supported()) return v;
+        for (const auto& v : vs)
+            if (v.supported()) return v;
+        return vs.back();
+    }();
+    return chosen;
+}
+
+// TF's element types -> the core's. TF's half and bfloat16 are IEEE binary16 and the upper half of
+// a binary32, the layouts DType::Float16 and DType::BFloat16 read.
+bool to_core_dtype(tf::DataType t, DType* out) {
+    switch (t) {
+        case tf::DT_BOOL: *out = DType::Bool; return true;
+        case tf::DT_INT8: *out = DType::Int8; return true;
+        case tf::DT_INT16: *out = DType::Int16; return true;
+        case tf::DT_INT32: *out = DType::Int32; return true;
+        case tf::DT_INT64: *out = DType::Int64; return true;
+        case tf::DT_UINT8: *out = DType::UInt8; return true;
+        case tf::DT_UINT16: *out = DType::UInt16; return true;
+        case tf::DT_UINT32: *out = DType::UInt32; return true;
+        case tf::DT_UINT64: *out = DType::UInt64; return true;
+        case tf::DT_HALF: *out = DType::Float16; return true;
+        case tf::DT_BFLOAT16: *out = DType::BFloat16; return true;
+        case tf::DT_FLOAT: *out = DType::Float32; return true;
+        case tf::DT_DOUBLE: *out = DType::Float64; return true;
+        default: return false;
+    }
+}
+
+class MomentsOp : public tf::OpKernel {
+public:
+    explicit MomentsOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
+        OP_REQUIRES_OK(ctx, ctx->GetAttr("keep_axes", &keep_axes_));
+        OP_REQUIRES_OK(ctx, ctx->GetAttr("nan_omit", &nan_omit_));
+        OP_REQUIRES_OK(ctx, ctx->GetAttr("threads", &threads_));
+        OP_REQUIRES(ctx, threads_ >= 0,
+                    tf::errors::InvalidArgument("threads must be >= 0 (0: intra-op pool size), got ", threads_));
+    }
+
+    void Compute(tf::OpKernelContext* ctx) override {
+        const tf::Tensor& x = ctx->input(0);
+        DType dtype;
+        OP_REQUIRES(ctx, to_core_dtype(x.dtype(), &dtype),
+                    tf::errors::InvalidArgument("unsupported dtype ", tf::DataTypeString(x.dtype())));
+        const int ndim = x.dims();
+        std::vector<bool> keep(static_cast<size_t>(ndim), false);
+        for (int64_t a : keep_axes_) {
+            OP_REQUIRES(ctx, a >= -ndim && a < ndim,
+                        tf::errors::InvalidArgument("keep_axes entry ", a, " is out of range for an input of rank ", ndim));
+            const int64_t k = a < 0 ? a + ndim : a;
+            OP_REQUIRES(ctx, !keep[k], tf::errors::InvalidArgument("keep_axes repeats axis ", k));
+            keep[k] = true;
+        }
+        tf::TensorShape out_shape;
+        int64_t reduced = 1;
+        std::vector<int64_t> shape(ndim), strides(ndim);
+        std::unique_ptr<bool[]> keep_flags(new bool[ndim > 0 ? ndim : 1]);
+        int64_t stride = dtype_itemsize(dtype);
+        for (int i = ndim - 1; i >= 0; --i) {  // TF tensors are dense and row-major
+            shape[i] = x.dim_size(i);
+            strides[i] = stride;
+            stride *= std::max<int64_t>(1, shape[i]);
+        }
+        for (int i = 0; i < ndim; ++i) {
+            keep_flags[i] = keep[i];
+            if (keep[i]) {
+                OP_REQUIRES_OK(ctx, out_shape.AddDimWithStatus(shape[i]));
+            } else {
+                reduced *= shape[i];
+            }
+        }
+        tf::Tensor *count_t = nullptr, *mean_t = nullptr, *m2_t = nullptr;
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &count_t));
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(1, out_shape, &mean_t));
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(2, out_shape, &m2_t));
+        const int64_t nout = out_shape.num_elements();
+        auto count = count_t->flat<int64_t>();
+        auto mean = mean_t->flat<double>();
+        auto m2 = m2_t->flat<double>();
+        if (nout == 0) return;
+        if (reduced == 0) {  // nothing to read: the identity state, so that empty batches merge away
+            for (int64_t i = 0; i < nout; ++i) count(i) = 0, mean(i) = 0.0, m2(i) = 0.0;
+            return;
+        }
+
+        ReduceOptions opt;
+        opt.nan_policy = nan_omit_ ? NanPolicy::Omit : NanPolicy::Propagate;
+        opt.threads = threads_ > 0 ? threads_ : intra_op_threads(ctx);
+        std::vector<MomentState> states(static_cast<size_t>(nout));
+        const Status status = selected_variant().reduce(x.tensor_data().data(), dtype, ndim, shape.data(),
+                                                        strides.data(), keep_flags.get(), states.data(), opt);
+        OP_REQUIRES(ctx, status == Status::Ok, tf::errors::Cancelled("fastmoments reduction cancelled"));
+        for (int64_t i = 0; i < nout; ++i) {
+            count(i) = states[i].count;
+            mean(i) = states[i].mean;
+            m2(i) = states[i].m2;
+        }
+    }
+
+private:
+    static int intra_op_threads(tf::OpKernelContext* ctx) {
+        const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+        return (workers && workers->num_threads > 0) ? workers->num_threads : 1;
+    }
+
+    std::vector<int64_t> keep_axes_;
+    bool nan_omit_ = false;
+    int threads_ = 0;
+};
+
+class MergeMomentsOp : public tf::OpKernel {
+public:
+    explicit MergeMomentsOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {}
+
+    void Compute(tf::OpKernelContext* ctx) override {
+        const tf::Tensor *in[6];
+        for (int i = 0; i < 6; ++i) in[i] = &ctx->input(i);
+        for (int side = 0; side < 2; ++side)
+            for (int i = 1; i < 3; ++i)
+                OP_REQUIRES(ctx, in[3 * side + i]->shape() == in[3 * side]->shape(),
+                            tf::errors::InvalidArgument("MergeMoments: count, mean and m2 of state ", side ? "b" : "a",
+                                                        " have different shapes: ", in[3 * side]->shape().DebugString(),
+                                                        " and ", in[3 * side + i]->shape().DebugString()));
+        const tf::TensorShape& sa = in[0]->shape();
+        const tf::TensorShape& sb = in[3]->shape();
+        if (sa != sb) {
+            // A scalar empty state is the identity next to a state of any shape.
+            if (is_empty_scalar(*in[0])) return forward(ctx, 3);
+            if (is_empty_scalar(*in[3])) return forward(ctx, 0);
+            ctx->CtxFailure(tf::errors::InvalidArgument("MergeMoments: states of shapes ", sa.DebugString(), " and ",
+                                                        sb.DebugString(), " cannot be merged"));
+            return;
+        }
+        tf::Tensor *count_t = nullptr, *mean_t = nullptr, *m2_t = nullptr;
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(0, sa, &count_t));
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(1, sa, &mean_t));
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(2, sa, &m2_t));
+        const auto ca = in[0]->flat<int64_t>(), cb = in[3]->flat<int64_t>();
+        const auto ma = in[1]->flat<double>(), mb = in[4]->flat<double>();
+        const auto qa = in[2]->flat<double>(), qb = in[5]->flat<double>();
+        auto c = count_t->flat<int64_t>();
+        auto m = mean_t->flat<double>();
+        auto q = m2_t->flat<double>();
+        const int64_t n = sa.num_elements();
+        for (int64_t i = 0; i < n; ++i) {
+            const MomentState s = combine(MomentState{ca(i), ma(i), qa(i)}, MomentState{cb(i), mb(i), qb(i)});
+            c(i) = s.count;
+            m(i) = s.mean;
+            q(i) = s.m2;
+        }
+    }
+
+private:
+    static bool is_empty_scalar(const tf::Tensor& count) {
+        return count.dims() == 0 && count.scalar<int64_t>()() == 0;
+    }
+    static void forward(tf::OpKernelContext* ctx, int first) {
+        for (int i = 0; i < 3; ++i) ctx->set_output(i, ctx->input(first + i));
+    }
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("FastMoments>Moments").Device(tf::DEVICE_CPU), MomentsOp);
+REGISTER_KERNEL_BUILDER(Name("FastMoments>MergeMoments").Device(tf::DEVICE_CPU), MergeMomentsOp);
+
+}  // namespace fastmoments::tf_ops
