@@ -16,6 +16,9 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+#if defined(FM_ISA_AVX2)
+#include <immintrin.h>  // before the target pragma, like the standard headers
+#endif
 
 // #pragma arguments are not macro-expanded; _Pragma on a stringised expansion is.
 #define FM_DO_PRAGMA(x) _Pragma(#x)

@@ -14,8 +14,16 @@ from ._info import build_info
 
 __version__ = build_info()["version"]
 
-__all__ = ["Accumulator", "FastNorm", "Moments", "build_info", "compute", "default_threads",
-           "__version__"]
+__all__ = ["Accumulator", "FastNorm", "Moments", "build_info", "compute", "cuda_available",
+           "default_threads", "__version__"]
+
+
+def cuda_available() -> bool:
+    """Whether ``compute(..., device="cuda")`` can run now: the CUDA module was built and loads,
+    and the driver reports a GPU. Never raises; loads ``fastmoments._cuda`` on first call."""
+    from ._gpu import cuda_available as _available
+
+    return _available()
 
 
 def __getattr__(name: str) -> Any:

@@ -104,11 +104,14 @@ def reduce_array(arr: np.ndarray, kept: Tuple[int, ...], *, ddof: int, nan_polic
             run = _native_runner(arr, kept, code, threads, report)
         else:
             run = _converting_runner(arr, kept, code, threads, report)
-        count, mean, m2 = run(False)
-        if nan_policy != "propagate" and arr.dtype.kind not in "biu":
-            if nan_policy == "omit":
-                count, mean, m2 = run(True)
-            elif np.isnan(mean).any():
+        omit = nan_policy == "omit" and arr.dtype.kind not in "biu"
+        count, mean, m2 = run(omit)
+        if omit and not np.all(count):
+            # Like np.nanmean/np.nanvar: an index whose values are all NaN has NaN statistics.
+            empty = count == 0
+            mean, m2 = np.where(empty, np.nan, mean), np.where(empty, np.nan, m2)
+        if nan_policy == "raise" and arr.dtype.kind not in "biu":
+            if np.isnan(mean).any():
                 # NaN means can come from inf - inf; only NaN *inputs* are an error.
                 omitted = run(True)[0]
                 if np.any(omitted != count):
@@ -173,6 +176,9 @@ def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = 
     data : array_like, np.memmap, path, list of paths, h5py/zarr array, dask array, GPU array
         Any NumPy array (any strides, byte order, read-only), a memory map, the path of a
         ``.npy`` file (streamed, never loaded whole), or anything ``np.asarray`` accepts.
+        Also streamed with bounded memory: ``"a.npz::name"`` (or ``"a.npz"`` holding one
+        array), raw binary files with ``dtype=``/``shape=``, a list of paths or a glob such as
+        ``"vol_*.npy"`` (concatenated along axis 0), h5py datasets and zarr arrays.
         Dtypes: bool, (u)int8-64, float16, bfloat16 (``ml_dtypes``), float32, float64.
     axis : None, int or tuple of ints, default -1
         Axes that keep separate statistics, as in ``keras.layers.Normalization``; all other axes

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from ._axes import AxisLike
 
 
@@ -52,8 +54,8 @@ def is_gpu_array(data: Any) -> bool:
 
 
 def is_stream_source(data: Any) -> bool:
-    """Files and chunked stores read block by block (paths, lists of paths, h5py, zarr)."""
-    if isinstance(data, (str, os.PathLike)):
+    """Files and chunked stores read block by block (paths, lists of paths, memmaps, h5py, zarr)."""
+    if isinstance(data, (str, os.PathLike, np.memmap)):
         return True
     if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
         return True

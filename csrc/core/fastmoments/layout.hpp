@@ -150,13 +150,17 @@ inline Plan make_plan(int ndim, const int64_t* shape, const int64_t* strides, co
         if (inner.size < kFoldTarget && !merged.empty() && !merged.back().kept &&
             merged.back().stride == inner.size * inner.stride) {
             LoopAxis& outer = merged.back();
-            int64_t fold = 1;
+            // Largest fold dividing the outer axis; prefer rows of whole 32-byte vectors.
+            int64_t fold = 1, aligned_fold = 1;
             for (int64_t f = std::min<int64_t>(outer.size, kMaxLanes / inner.size); f > 1; --f) {
-                if (outer.size % f == 0) {
-                    fold = f;
+                if (outer.size % f != 0) continue;
+                if (fold == 1) fold = f;
+                if ((f * inner.size * inner.stride) % 32 == 0) {
+                    aligned_fold = f;
                     break;
                 }
             }
+            if (aligned_fold > 1 && aligned_fold * inner.size >= kFoldTarget) fold = aligned_fold;
             if (fold > 1) {
                 plan.lanes = inner.size * fold;
                 outer.size /= fold;

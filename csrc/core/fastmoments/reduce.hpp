@@ -22,6 +22,9 @@
 #include "dtypes.hpp"
 #include "layout.hpp"
 #include "state.hpp"
+#if defined(FM_ISA_AVX2)
+#include "simd_avx2.hpp"
+#endif
 
 namespace fastmoments {
 
@@ -92,6 +95,13 @@ inline W finite_or_zero(W v) {
 
 // ---- lanes mode: a row of `lanes` values updates `lanes` states --------------------------------
 
+// Lanes loops read several rows side by side; each row is a short stream the hardware
+// prefetcher barely learns, so the next rows are requested while the current ones are summed.
+inline void prefetch_rows(const char* const* rows, int64_t count, int64_t bytes) {
+    for (int64_t k = 0; k < count; ++k)
+        for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(rows[k] + off, 0, 0);
+}
+
 template <class T, bool Omit, bool Contig>
 struct FloatLanes {
     using W = typename element_traits<T>::work;
@@ -114,11 +124,32 @@ struct FloatLanes {
         double* __restrict a2 = s2.data();
         double* __restrict c = cnt.data();
         for (int64_t l = 0; l < lanes; ++l) {
-            sh[l] = finite_or_zero(value(rows[0], l, ls));
+            // The first finite value of the lane (NaN/inf rows are skipped; 0 if there is none).
+            double v = value(rows[0], l, ls);
+            for (int64_t r = 1; !std::isfinite(v) && r < nrows; ++r) v = value(rows[r], l, ls);
+            sh[l] = finite_or_zero(v);
             a1[l] = a2[l] = c[l] = 0.0;
         }
         int64_t r = 0;
-        // Four rows per pass: a quarter of the accumulator loads/stores per value.
+        // Eight (then four) rows per pass: the lane sums are loaded and stored once per pass, so
+        // the loop is bound by the arithmetic, like the run loop, not by L1 traffic.
+        if constexpr (!Omit) {
+            for (; r + 8 <= nrows; r += 8) {
+                if (Contig && r + 16 <= nrows) prefetch_rows(rows + r + 8, 8, lanes * ls);
+                const char* p[8];
+                for (int k = 0; k < 8; ++k) p[k] = rows[r + k];
+                for (int64_t l = 0; l < lanes; ++l) {
+                    const double s = sh[l];
+                    const double d0 = value(p[0], l, ls) - s, d1 = value(p[1], l, ls) - s;
+                    const double d2 = value(p[2], l, ls) - s, d3 = value(p[3], l, ls) - s;
+                    const double d4 = value(p[4], l, ls) - s, d5 = value(p[5], l, ls) - s;
+                    const double d6 = value(p[6], l, ls) - s, d7 = value(p[7], l, ls) - s;
+                    a1[l] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7));
+                    a2[l] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) +
+                             ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7));
+                }
+            }
+        }
         for (; r + 4 <= nrows; r += 4) {
             const char* p0 = rows[r];
             const char* p1 = rows[r + 1];
@@ -168,7 +199,9 @@ struct narrow_sums {
     using s1 = std::conditional_t<(sizeof(T) <= 2), int32_t, int64_t>;
     using s2 = std::conditional_t<(sizeof(T) == 1), int32_t,
                                   std::conditional_t<(sizeof(T) == 2), int64_t, __int128>>;
-    using square = std::conditional_t<(sizeof(T) == 1), int32_t, int64_t>;  // exact x*x (+ x*x)
+    // exact x*x + y*y: 8-bit in int32, 16-bit in int64, 32-bit (uint32^2 > 2^63) in 128 bits
+    using square = std::conditional_t<(sizeof(T) == 1), int32_t,
+                                      std::conditional_t<(sizeof(T) == 2), int64_t, __int128>>;
 };
 
 template <class T, bool Contig>
@@ -179,6 +212,14 @@ struct IntegerLanes {
     std::vector<S1> s1;
     std::vector<S2> s2;
     explicit IntegerLanes(int64_t lanes) : s1(lanes), s2(lanes) {}
+
+#if defined(FM_ISA_AVX2)
+    std::vector<int32_t> scratch;  // 64 ints (8 vectors) per 32 lanes
+    int32_t* simd_scratch() {
+        if (scratch.empty()) scratch.resize(3 * s1.size() + 96);
+        return scratch.data();
+    }
+#endif
 
     static S1 value(const char* row, int64_t l, int64_t ls) {
         if constexpr (Contig)
@@ -192,13 +233,22 @@ struct IntegerLanes {
         S1* __restrict a1 = s1.data();
         S2* __restrict a2 = s2.data();
         for (int64_t l = 0; l < lanes; ++l) a1[l] = 0, a2[l] = 0;
+        int64_t first = 0;  // lanes below this were done by a SIMD loop
+#if defined(FM_ISA_AVX2)
+        if constexpr (Contig && sizeof(T) == 1)
+            first = simd8::lanes8<std::is_signed_v<T>>(rows, nrows, lanes, a1, a2, simd_scratch());
+#endif
+        if (first == lanes) {
+            flush(nrows, lanes, acc);
+            return;
+        }
         int64_t r = 0;
         for (; r + 4 <= nrows; r += 4) {
             const char* p0 = rows[r];
             const char* p1 = rows[r + 1];
             const char* p2 = rows[r + 2];
             const char* p3 = rows[r + 3];
-            for (int64_t l = 0; l < lanes; ++l) {
+            for (int64_t l = first; l < lanes; ++l) {
                 const S1 v0 = value(p0, l, ls), v1 = value(p1, l, ls);
                 const S1 v2 = value(p2, l, ls), v3 = value(p3, l, ls);
                 a1[l] += (v0 + v1) + (v2 + v3);
@@ -207,15 +257,19 @@ struct IntegerLanes {
             }
         }
         for (; r < nrows; ++r)
-            for (int64_t l = 0; l < lanes; ++l) {
+            for (int64_t l = first; l < lanes; ++l) {
                 const S1 v = value(rows[r], l, ls);
                 a1[l] += v;
                 a2[l] += static_cast<S2>(static_cast<Sq>(v) * v);
             }
+        flush(nrows, lanes, acc);
+    }
+
+    void flush(int64_t nrows, int64_t lanes, IntegerSums* acc) const {
         for (int64_t l = 0; l < lanes; ++l) {
             acc[l].count += nrows;
-            acc[l].s1 += a1[l];
-            acc[l].s2 += a2[l];
+            acc[l].s1 += s1[l];
+            acc[l].s2 += s2[l];
         }
     }
 };
@@ -298,18 +352,31 @@ struct IntegerRun {
             if constexpr (Contig) return static_cast<int64_t>(reinterpret_cast<const T*>(p)[i]);
             else return static_cast<int64_t>(load_at<T>(p + i * stride));
         };
+        // Local copies: `p` is a char pointer and may alias members as far as the compiler knows.
+        int64_t b1[8];
+        sq b2[8];
+        for (int k = 0; k < 8; ++k) b1[k] = a1[k], b2[k] = a2[k];
         int64_t i = 0;
+#if defined(FM_ISA_AVX2)
+        if constexpr (Contig && sizeof(T) == 1) {
+            int64_t t1 = 0, t2 = 0;
+            i = simd8::run8<std::is_signed_v<T>>(p, n, t1, t2);
+            b1[0] += t1;
+            b2[0] += t2;
+        }
+#endif
         for (; i + 8 <= n; i += 8)
             for (int k = 0; k < 8; ++k) {
                 const int64_t v = value(i + k);
-                a1[k] += v;
-                a2[k] += static_cast<sq>(v) * v;
+                b1[k] += v;
+                b2[k] += static_cast<sq>(v) * v;
             }
         for (; i < n; ++i) {
             const int64_t v = value(i);
-            a1[0] += v;
-            a2[0] += static_cast<sq>(v) * v;
+            b1[0] += v;
+            b2[0] += static_cast<sq>(v) * v;
         }
+        for (int k = 0; k < 8; ++k) a1[k] = b1[k], a2[k] = b2[k];
     }
 
     void add_to(IntegerSums& acc, int64_t n) const {
@@ -349,7 +416,7 @@ public:
             grid_.count = cols.count() * grid_.lane_blocks;
             grid_.units = rows.count();
             grid_.values = grid_.units * grid_.width;
-            chunk_units_ = std::max<int64_t>(1, kLaneChunkValues / grid_.width);
+            chunk_units_ = std::max<int64_t>(1, (kExact ? 4 : 1) * kLaneChunkValues / grid_.width);
             if constexpr (kExact) chunk_units_ = std::min(chunk_units_, kMaxIntegerChunkRows);
             grid_.units_per_task = std::max<int64_t>(chunk_units_, (kTaskValues / grid_.width) / chunk_units_ * chunk_units_);
         } else {
@@ -370,6 +437,23 @@ public:
     // finite value: chunk means then carry no rounding of a large offset into Chan's delta,
     // which keeps m2 exact to ~1e-15 even for 1e9 + N(0, 1) (a bare mean near 1e9 has an ulp of
     // 1.2e-7, and that error, squared into delta^2 * na*nb/n, dominates after many merges).
+    static constexpr int64_t kShiftSearch = 1 << 16;  // values searched for a finite shift
+
+    static double load_value(const char* p) {
+        return static_cast<double>(element_traits<T>::load(load_at<T>(p)));
+    }
+
+    // First finite value among the n values of a run-mode column from (rows, pos) on, or 0.
+    double first_finite_run(const char* base, Odometer rows, int64_t pos, int64_t n) const {
+        const int64_t L = plan_.run_length, st = plan_.run_stride;
+        for (int64_t i = 0; i < n; ++i) {
+            const double v = load_value(base + rows.offset() + pos * st);
+            if (std::isfinite(v)) return v;
+            if (++pos == L) pos = 0, rows.next();
+        }
+        return 0.0;
+    }
+
     const double* shift_of(int64_t c) const {
         return col_shift_.empty() ? nullptr : &col_shift_[static_cast<size_t>(c * grid_.width)];
     }
@@ -385,14 +469,23 @@ public:
                     cols.seek(c / grid_.lane_blocks);
                     const int64_t lane0 = (c % grid_.lane_blocks) * kMaxLanes;
                     const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
-                    const char* row = data_ + cols.offset() + lane0 * p.lane_stride;
-                    for (int64_t l = 0; l < width; ++l)
-                        sh[l] = finite_or_zero(static_cast<double>(
-                            element_traits<T>::load(load_at<T>(row + l * p.lane_stride))));
+                    const char* base = data_ + cols.offset() + lane0 * p.lane_stride;
+                    for (int64_t l = 0; l < width; ++l) {
+                        Odometer rows(p.rows);
+                        rows.seek(0);
+                        const int64_t n = std::min(grid_.units, kShiftSearch);
+                        double v = load_value(base + l * p.lane_stride);
+                        for (int64_t r = 1; !std::isfinite(v) && r < n; ++r) {
+                            rows.next();
+                            v = load_value(base + rows.offset() + l * p.lane_stride);
+                        }
+                        sh[l] = finite_or_zero(v);
+                    }
                 } else {
                     cols.seek(c);
-                    sh[0] = finite_or_zero(static_cast<double>(
-                        element_traits<T>::load(load_at<T>(data_ + cols.offset()))));
+                    Odometer rows(p.rows);
+                    rows.seek(0);
+                    sh[0] = first_finite_run(data_ + cols.offset(), rows, 0, std::min(grid_.units, kShiftSearch));
                 }
             }
         }
@@ -431,10 +524,10 @@ public:
             // Each column is cut into `splits` tasks; waves of tasks run in parallel and their
             // partial states are merged into the column in task order.
             const int64_t ntasks = ncols * grid_.splits;
-            std::vector<Acc> slots(static_cast<size_t>(kWaveTasks * grid_.width));
+            std::vector<Acc> slots(static_cast<size_t>(std::min(kWaveTasks, ntasks) * grid_.width));
             for (int64_t w0 = 0; w0 < ntasks && !cancel.load(); w0 += kWaveTasks) {
                 const int64_t nw = std::min(kWaveTasks, ntasks - w0);
-                std::fill(slots.begin(), slots.end(), Acc{});
+                std::fill(slots.begin(), slots.begin() + nw * grid_.width, Acc{});
                 run_tasks(nw, threads, true, cancel, poll, [&](int64_t t, Worker& w) {
                     const int64_t task = w0 + t;
                     const int64_t c = task / grid_.splits, s = task % grid_.splits;
@@ -526,9 +619,8 @@ private:
                 k.add_to(acc, n);
             } else {
                 FloatRun<T, Omit, Contig> k;
-                using W = typename element_traits<T>::work;
-                const W first = element_traits<T>::load(load_at<T>(base + rows.offset() + pos * st));
-                k.start(static_cast<double>(finite_or_zero(first)));
+                const double first = load_value(base + rows.offset() + pos * st);
+                k.start(std::isfinite(first) ? first : r_.first_finite_run(base, rows, pos, n));
                 int64_t left = n;
                 while (left > 0) {
                     const int64_t m = std::min(left, L - pos);

@@ -28,6 +28,10 @@ FM_HOST_DEVICE inline MomentState combine(const MomentState& a, const MomentStat
     MomentState r;
     r.count = n;
     r.mean = a.mean + delta * weight_b;
+    // delta - delta is NaN exactly when delta is +-inf or NaN: an infinite mean on either side.
+    // Then the weighted form gives NumPy's answer (inf stays inf, inf and -inf give NaN).
+    if (delta - delta != 0.0)
+        r.mean = a.mean * (static_cast<double>(a.count) / static_cast<double>(n)) + b.mean * weight_b;
     r.m2 = a.m2 + b.m2 + delta * delta * static_cast<double>(a.count) * weight_b;
     return r;
 }

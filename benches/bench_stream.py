@@ -1,0 +1,213 @@
+"""Streaming a .npy file: fastmoments vs dd and vs NumPy on a memory map, cold and cached.
+
+    python benches/bench_stream.py --size-mb 256            # validated size on the dev machine
+    python benches/bench_stream.py --size-mb 32768 --dir /data   # larger than RAM (lead)
+
+Cold: the file's pages are dropped first (posix_fadvise DONTNEED on the whole file, or
+``--drop-caches`` writes /proc/sys/vm/drop_caches when permitted). Cached: the file was just read.
+Reported: GB/s, ratios (cold: fastmoments / dd; cached: fastmoments / the in-memory kernel on the
+same data already in RAM), the peak growth of anonymous memory during the fastmoments run
+(/proc/self/smaps_rollup, sampled every 5 ms) and how much of the file a cold run left cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import mmap
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+import fastmoments
+
+
+def anon_kib() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1])
+    return 0
+
+
+class AnonPeak:
+    """Peak growth of anonymous memory over the body of a ``with`` block."""
+
+    def __enter__(self):
+        self.base = anon_kib()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, anon_kib())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, anon_kib())
+        self.growth_mib = (self.peak - self.base) / 1024
+
+
+def drop_file_pages(path: str, all_caches: bool) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if all_caches:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+
+
+def cached_fraction(path: str) -> float:
+    """Fraction of the file's pages in the page cache (mincore on an untouched map)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return float("nan")
+        pages = -(-size // mmap.PAGESIZE)
+        vec = (ctypes.c_ubyte * pages)()
+        libc.mincore(addr, size, vec)
+        libc.munmap(addr, size)
+        return float(np.frombuffer(vec, np.uint8).astype(bool).mean())
+    finally:
+        os.close(fd)
+
+
+def write_file(path: str, rows: int, features: int) -> None:
+    rng = np.random.default_rng(0)
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, features))
+    step = max(1, (64 << 20) // (4 * features))
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        header[a:b] = rng.normal(1000.0, 10.0, (b - a, features)).astype(np.float32)
+    header.flush()
+    del header
+
+
+def timed(fn, repeat=1):
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def dd(path: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=8M"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def numpy_mmap(path: str):
+    x = np.load(path, mmap_mode="r")
+    return x.mean(axis=0), x.var(axis=0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=float, default=256.0, help="file size in MB (default 256)")
+    ap.add_argument("--features", type=int, default=256, help="float32 columns (default 256)")
+    ap.add_argument("--dir", default=None, help="where to write the file (default: temp dir)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="cached runs: best of N")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="also write /proc/sys/vm/drop_caches (needs root)")
+    ap.add_argument("--numpy-max-mb", type=float, default=4096.0,
+                    help="skip NumPy (its var makes a full-size temporary) above this size")
+    ap.add_argument("--keep", action="store_true", help="keep the file afterwards")
+    ap.add_argument("--reader", choices=["thread", "workers", "auto"], default="auto",
+                    help="native pipeline: a reader thread + ring, or workers reading their own "
+                         "pieces (default: the library's choice)")
+    args = ap.parse_args(argv)
+    if args.size_mb <= 0 or args.features <= 0:
+        ap.error("--size-mb and --features must be positive")
+    if args.reader is not None:
+        from fastmoments import _stream
+        _stream.READER_THREAD = {"thread": True, "workers": False, "auto": None}[args.reader]
+    rows = max(1, int(args.size_mb * 1e6) // (4 * args.features))
+    nbytes = rows * args.features * 4
+    gb = nbytes / 1e9
+    directory = args.dir or tempfile.gettempdir()
+    path = os.path.join(directory, f"fastmoments_bench_{os.getpid()}.npy")
+    print(f"file {path}: ({rows}, {args.features}) float32, {gb:.3f} GB; "
+          f"threads={args.threads or os.cpu_count()}")
+    write_file(path, rows, args.features)
+    rowsout = []
+    try:
+        # ---- cold ----
+        drop_file_pages(path, args.drop_caches)
+        t_dd = dd(path)
+        drop_file_pages(path, args.drop_caches)
+        with AnonPeak() as mem_cold:
+            t_cold, r = timed(lambda: fastmoments.compute(path, threads=args.threads))
+        left = cached_fraction(path)
+        rowsout.append(("cold", "dd bs=8M", gb / t_dd, ""))
+        rowsout.append(("cold", "fastmoments.compute(path)", gb / t_cold,
+                        f"{t_dd / t_cold:.2f}x dd; anon +{mem_cold.growth_mib:.0f} MiB; "
+                        f"{100 * left:.0f}% of file left cached"))
+        if gb * 1000 <= args.numpy_max_mb:
+            drop_file_pages(path, args.drop_caches)
+            t_np_cold, _ = timed(lambda: numpy_mmap(path))
+            rowsout.append(("cold", "np.load(mmap) mean+var", gb / t_np_cold,
+                            f"fastmoments {t_np_cold / t_cold:.1f}x faster"))
+        # ---- cached ----
+        dd(path)  # warm
+        t_dd_c = min(dd(path) for _ in range(args.repeat))
+        with AnonPeak() as mem_cached:
+            t_cached, r2 = timed(lambda: fastmoments.compute(path, threads=args.threads), args.repeat)
+        rowsout.append(("cached", "dd bs=8M", gb / t_dd_c, ""))
+        in_ram = None
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            avail = 0
+        if nbytes * 2.5 < avail:
+            in_ram = np.array(np.load(path, mmap_mode="r"))
+            t_mem, r3 = timed(lambda: fastmoments.compute(in_ram, threads=args.threads), args.repeat)
+            rowsout.append(("cached", "fastmoments in-memory ndarray", gb / t_mem, "(reference)"))
+            ratio = f"{t_mem / t_cached:.2f}x in-memory; "
+            np.testing.assert_allclose(r2.mean, r3.mean, rtol=1e-12)
+        else:
+            ratio = "(file too large for an in-memory copy); "
+        rowsout.append(("cached", "fastmoments.compute(path)", gb / t_cached,
+                        f"{ratio}{t_dd_c / t_cached:.2f}x dd; anon +{mem_cached.growth_mib:.0f} MiB"))
+        del in_ram
+        if gb * 1000 <= args.numpy_max_mb:
+            t_np, (m, v) = timed(lambda: numpy_mmap(path), 1)
+            rowsout.append(("cached", "np.load(mmap) mean+var", gb / t_np,
+                            f"fastmoments {t_np / t_cached:.1f}x faster"))
+        np.testing.assert_allclose(r.mean, r2.mean, rtol=0, atol=0)
+    finally:
+        if not args.keep:
+            os.unlink(path)
+    print(f"{'cache':7} {'path':34} {'GB/s':>7}  notes")
+    for cache, name, rate, note in rowsout:
+        print(f"{cache:7} {name:34} {rate:7.2f}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+// AVX2 loops for 8-bit integers (bool, uint8, int8), where the portable code cannot keep up with
+// memory: exact int32 sums of x and x^2 with pmaddwd. Compiled only into the AVX2 variant.
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "config.hpp"
+
+namespace fastmoments {
+inline namespace FM_ISA_NAMESPACE {
+namespace simd8 {
+
+// 16-bit words of the bytes in `v` (low or high 8 bytes of each 128-bit half), zero- or
+// sign-extended.
+template <bool Signed>
+inline __m256i widen_lo(__m256i v) {
+    const __m256i ext = Signed ? _mm256_cmpgt_epi8(_mm256_setzero_si256(), v) : _mm256_setzero_si256();
+    return _mm256_unpacklo_epi8(v, ext);
+}
+template <bool Signed>
+inline __m256i widen_hi(__m256i v) {
+    const __m256i ext = Signed ? _mm256_cmpgt_epi8(_mm256_setzero_si256(), v) : _mm256_setzero_si256();
+    return _mm256_unpackhi_epi8(v, ext);
+}
+
+// Lanes mode, rows of >= 32 contiguous 8-bit values. For lanes [0, 32*floor(lanes/32)) adds the
+// per-lane sum over `nrows` rows to s1 and the sum of squares to s2. nrows <= 32768 keeps the
+// int32 sums exact (32768 * 255^2 < 2^31). Returns the number of lanes done.
+//
+// Two rows interleaved byte by byte and widened to 16 bits hold (r0[l], r1[l]) pairs: pmaddwd of
+// such a vector with itself is r0[l]^2 + r1[l]^2 per lane in 32 bits. Sums of values stay in
+// 16-bit words for up to 128 rows (128/2 * 255 < 2^15) and are widened once per group, so the
+// one pmaddwd port does ~1 instruction per 16 bytes. Rows stream in order; lane sums live in
+// `scratch` (96 ints per 32 lanes, L1-resident), read and written unaligned (plain int storage).
+template <bool Signed>
+inline int64_t lanes8(const char* const* rows, int64_t nrows, int64_t lanes, int32_t* s1, int32_t* s2,
+                      int32_t* scratch) {
+    const int64_t done = lanes & ~int64_t(31);
+    const int64_t blocks = done / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i zero = _mm256_setzero_si256();
+    for (int64_t i = 0; i < 96 * blocks; ++i) scratch[i] = 0;
+    auto vec = [&](int64_t i) { return reinterpret_cast<__m256i*>(scratch + 8 * i); };
+    auto load = [](const __m256i* p) { return _mm256_loadu_si256(p); };
+    // Vectors per block: 0-3 16-bit value sums, 4-7 int32 square sums, 8-11 int32 value sums.
+    auto pairs = [&](__m256i r0, __m256i r1, __m256i* w) {
+        const __m256i lo = _mm256_unpacklo_epi8(r0, r1), hi = _mm256_unpackhi_epi8(r0, r1);
+        w[0] = widen_lo<Signed>(lo), w[1] = widen_hi<Signed>(lo);
+        w[2] = widen_lo<Signed>(hi), w[3] = widen_hi<Signed>(hi);
+    };
+    auto row = [&](const char* p, int64_t b) {
+        return p ? load(reinterpret_cast<const __m256i*>(p + 32 * b)) : zero;
+    };
+    for (int64_t g0 = 0; g0 < nrows; g0 += 128) {
+        const int64_t g1 = std::min(nrows, g0 + 128);
+        for (int64_t r = g0; r < g1; r += 4) {
+            if (r + 8 <= nrows)  // next rows requested now: side-by-side rows defeat the prefetcher
+                for (int64_t k = 4; k < 8; ++k)
+                    for (int64_t off = 0; off < 32 * blocks; off += 64) _mm_prefetch(rows[r + k] + off, _MM_HINT_T0);
+            const char* p0 = rows[r];
+            const char* p1 = r + 1 < g1 ? rows[r + 1] : nullptr;
+            const char* p2 = r + 2 < g1 ? rows[r + 2] : nullptr;
+            const char* p3 = r + 3 < g1 ? rows[r + 3] : nullptr;
+            for (int64_t b = 0; b < blocks; ++b) {
+                __m256i wa[4], wb[4];
+                pairs(row(p0, b), row(p1, b), wa);
+                pairs(row(p2, b), row(p3, b), wb);
+                __m256i* a = vec(12 * b);
+                for (int k = 0; k < 4; ++k) {
+                    _mm256_storeu_si256(a + k, _mm256_add_epi16(load(a + k), _mm256_add_epi16(wa[k], wb[k])));
+                    const __m256i sq = _mm256_add_epi32(_mm256_madd_epi16(wa[k], wa[k]), _mm256_madd_epi16(wb[k], wb[k]));
+                    _mm256_storeu_si256(a + 4 + k, _mm256_add_epi32(load(a + 4 + k), sq));
+                }
+            }
+        }
+        for (int64_t b = 0; b < blocks; ++b) {
+            __m256i* a = vec(12 * b);
+            for (int k = 0; k < 4; ++k) {
+                _mm256_storeu_si256(a + 8 + k, _mm256_add_epi32(load(a + 8 + k), _mm256_madd_epi16(load(a + k), ones)));
+                _mm256_storeu_si256(a + k, zero);
+            }
+        }
+    }
+    // Element e of vector k of a block holds lane 16*(e/4) + 4*k + e%4 (unpack works per 128-bit half).
+    alignas(32) int32_t t[8];
+    for (int64_t b = 0; b < blocks; ++b)
+        for (int k = 0; k < 4; ++k)
+            for (int which = 0; which < 2; ++which) {
+                _mm256_store_si256(reinterpret_cast<__m256i*>(t), load(vec(12 * b + (which ? 4 : 8) + k)));
+                int32_t* out = which ? s2 : s1;
+                for (int e = 0; e < 8; ++e) out[32 * b + 16 * (e / 4) + 4 * k + e % 4] += t[e];
+            }
+    return done;
+}
+
+// Run mode, contiguous 8-bit values: sums of x and x^2 over p[0, n - n % 32); n <= 2^20 keeps the
+// int32 square sums exact. Returns the number of values done.
+template <bool Signed>
+inline int64_t run8(const char* p, int64_t n, int64_t& s1, int64_t& s2) {
+    const int64_t done = n & ~int64_t(31);
+    const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+    __m256i sum = _mm256_setzero_si256(), sq = _mm256_setzero_si256();
+    for (int64_t i = 0; i < done; i += 32) {
+        __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+        // psadbw against zero sums 8 unsigned bytes; signed bytes are biased by +128 first.
+        sum = _mm256_add_epi64(sum, _mm256_sad_epu8(Signed ? _mm256_xor_si256(v, bias) : v,
+                                                    _mm256_setzero_si256()));
+        const __m256i w0 = Signed ? _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v))
+                                  : _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v));
+        const __m256i w1 = Signed ? _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1))
+                                  : _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1));
+        sq = _mm256_add_epi32(sq, _mm256_add_epi32(_mm256_madd_epi16(w0, w0), _mm256_madd_epi16(w1, w1)));
+    }
+    alignas(32) int64_t t1[4];
+    alignas(32) int32_t t2[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t1), sum);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t2), sq);
+    int64_t a = t1[0] + t1[1] + t1[2] + t1[3];
+    if (Signed) a -= 128 * done;
+    int64_t b = 0;
+    for (int e = 0; e < 8; ++e) b += t2[e];
+    s1 += a;
+    s2 += b;
+    return done;
+}
+
+}  // namespace simd8
+}  // namespace FM_ISA_NAMESPACE
+}  // namespace fastmoments

@@ -1,0 +1,11 @@
+// Float kernels, NaN propagates: one translation unit per kernel family so that the build compiles them in parallel.
+#include "kernels.cuh"
+#include "launch.hpp"
+
+namespace fastmoments::cuda {
+
+FM_FAMILY(launch_float_propagate) {
+    return launch_family<false, false>(plan, dtype, data, scratch, out, accumulate, scatter, stream);
+}
+
+}  // namespace fastmoments::cuda

@@ -1,0 +1,73 @@
+"""Type stub of the private compiled module ``fastmoments._core`` (csrc/python).
+
+Use the public API (``fastmoments.compute``, ``Moments``, ``Accumulator``) instead.
+"""
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+# (count int64, mean float64, m2 float64), each with the shape of the kept axes.
+_States = Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+supported_isas: List[str]
+"""Compiled instruction-set variants this CPU can run, best first (e.g. ``["avx2", "baseline"]``)."""
+
+selected_isa: str
+"""The variant chosen at import (``FASTMOMENTS_ISA`` or the best supported one)."""
+
+_compiled_info: Dict[str, Any]
+"""What the module was compiled with: ``openmp``, ``openmp_version``, ``compiler``."""
+
+def reduce(
+    array: np.ndarray,
+    keep: Sequence[bool],
+    dtype_code: int,
+    nan_omit: bool = False,
+    threads: int = 1,
+    poll: Optional[Callable[[int, int], object]] = None,
+    isa: str = "",
+) -> _States:
+    """Per-output ``(count, mean, m2)`` of ``array`` reduced over the axes with ``keep[i] == False``.
+
+    ``dtype_code`` is the kernel's code of the element type (``fastmoments._dtypes``); the array
+    must be in native byte order. ``poll(done, total)`` is called about every 0.1 s with the GIL
+    held; an exception it raises cancels the computation. ``isa`` ("" = ``FASTMOMENTS_ISA`` or
+    the best supported) picks the compiled variant. The GIL is released while the kernel runs.
+    """
+
+def combine(
+    count_a: npt.ArrayLike,
+    mean_a: npt.ArrayLike,
+    m2_a: npt.ArrayLike,
+    count_b: npt.ArrayLike,
+    mean_b: npt.ArrayLike,
+    m2_b: npt.ArrayLike,
+    /,
+) -> _States:
+    """Elementwise Chan merge of two sets of ``(count, mean, m2)`` of one size."""
+
+def read_bandwidth(buffer: Any, threads: int = 1) -> int:
+    """Sum of the buffer's 64-bit words: a plain multi-threaded read loop for benchmarks."""
+
+def stream_file(
+    path: str,
+    dtype_code: int,
+    byteswap: bool,
+    tail: Sequence[int],
+    keep: Sequence[bool],
+    offsets: npt.ArrayLike,
+    rows: npt.ArrayLike,
+    out_base: npt.ArrayLike,
+    out_size: int,
+    nan_omit: bool = False,
+    threads: int = 1,
+    poll: Optional[Callable[[int, int], object]] = None,
+    poll_seconds: float = 0.05,
+    sequential: bool = True,
+    read_delay: float = 0.0,
+    reader_thread: bool = True,
+    isa: str = "",
+) -> _States:
+    """Flat ``(count, mean, m2)`` of raw C-order arrays in a file, read piece by piece."""
