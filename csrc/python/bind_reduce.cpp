@@ -12,38 +12,13 @@
 
 #include <fastmoments/state.hpp>
 
-#include "isa.hpp"
+#include "common.hpp"
 
 namespace py = pybind11;
 
 namespace fastmoments::python {
 
 namespace {
-
-const isa::Variant& pick_variant(const std::string& name) {
-    const auto& vs = isa::variants();
-    if (name.empty() || name == "auto") {
-        for (const auto& v : vs)
-            if (v.supported()) return v;
-        return vs.back();
-    }
-    for (const auto& v : vs)
-        if (name == v.name) {
-            if (!v.supported())
-                throw py::value_error("instruction set '" + name + "' is not supported by this CPU");
-            return v;
-        }
-    throw py::value_error("unknown instruction set '" + name + "'");
-}
-
-std::string default_isa() {
-    const char* env = std::getenv("FASTMOMENTS_ISA");
-    return env ? std::string(env) : std::string();
-}
-
-py::array_t<double> empty_like_shape(const std::vector<py::ssize_t>& shape) {
-    return py::array_t<double>(shape);
-}
 
 // reduce(array, keep, dtype_code, nan_omit, threads, poll, isa) -> (count, mean, m2)
 py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan_omit, int threads,
@@ -58,7 +33,7 @@ py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan
     if (arr.itemsize() != dtype_itemsize(dtype))
         throw py::type_error(std::string("array itemsize does not match dtype ") + dtype_name(dtype));
     if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
-    const isa::Variant& variant = pick_variant(isa_name.empty() ? default_isa() : isa_name);
+    const isa::Variant& variant = pick_variant(isa_name);
 
     std::vector<int64_t> shape(ndim), strides(ndim);
     std::vector<py::ssize_t> out_shape;
@@ -79,23 +54,11 @@ py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan
     if (any_empty) throw py::value_error("cannot compute moments of an empty reduction (0 values per output)");
 
     std::vector<MomentState> out(static_cast<size_t>(nout));
-    std::exception_ptr poll_error;
+    PythonPoll poller(poll);
     ReduceOptions opt;
     opt.threads = threads;
     opt.nan_policy = nan_omit ? NanPolicy::Omit : NanPolicy::Propagate;
-    // Runs on one kernel thread with the GIL re-acquired: lets Ctrl-C and the progress callback
-    // through; an exception in the callback cancels the computation and is re-raised below.
-    opt.poll = [&](int64_t done, int64_t total) -> bool {
-        py::gil_scoped_acquire gil;
-        try {
-            if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-            if (!poll.is_none()) poll(done, total);
-            return true;
-        } catch (...) {
-            poll_error = std::current_exception();
-            return false;
-        }
-    };
+    opt.poll = [&poller](int64_t done, int64_t total) { return poller(done, total); };
     Status status;
     {
         // Safe without the GIL: the kernel only reads the buffer (kept alive by `arr`) and writes
@@ -104,7 +67,7 @@ py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan
         status = variant.reduce(arr.data(), dtype, ndim, shape.data(), strides.data(), keep_flags.get(),
                                 out.data(), opt);
     }
-    if (poll_error) std::rethrow_exception(poll_error);
+    poller.rethrow();
     if (status != Status::Ok) throw py::value_error("computation cancelled");
     int64_t* c = count.mutable_data();
     double* mu = mean.mutable_data();
@@ -189,7 +152,7 @@ void register_reduce(py::module_& m) {
     for (const auto& v : isa::variants())
         if (v.supported()) names.append(v.name);
     m.attr("supported_isas") = names;
-    m.attr("selected_isa") = pick_variant(default_isa()).name;
+    m.attr("selected_isa") = pick_variant("").name;
 }
 
 }  // namespace fastmoments::python

@@ -12,24 +12,13 @@
 
 #include <fastmoments_io/block_stream.hpp>
 
-#include "isa.hpp"
+#include "common.hpp"
 
 namespace py = pybind11;
 
 namespace fastmoments::python {
 
 namespace {
-
-const isa::Variant& stream_variant(std::string name) {
-    if (name.empty()) {
-        const char* env = std::getenv("FASTMOMENTS_ISA");
-        name = env ? env : "";
-    }
-    const auto& vs = isa::variants();
-    for (const auto& v : vs)
-        if ((name.empty() || name == "auto" || name == v.name) && v.supported()) return v;
-    throw py::value_error("instruction set '" + name + "' is unknown or not supported by this CPU");
-}
 
 using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
@@ -76,23 +65,11 @@ py::tuple stream_file(const std::string& path, int dtype_code, bool byteswap, st
             throw py::value_error("piece " + std::to_string(i) + " lies outside the file or the output");
         spec.pieces[static_cast<size_t>(i)] = io::Piece{po[i], pr[i], pb[i]};
     }
-    const isa::Variant& variant = stream_variant(isa_name);
+    const isa::Variant& variant = pick_variant(isa_name);
 
     std::vector<MomentState> out(static_cast<size_t>(out_size));
-    std::exception_ptr poll_error;
-    // Runs on the calling thread with the GIL taken back: Ctrl-C and the progress callback get
-    // through; an exception there cancels the pipeline and is re-raised below.
-    auto poll_fn = [&](int64_t done, int64_t total) -> bool {
-        py::gil_scoped_acquire gil;
-        try {
-            if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-            if (!poll.is_none()) poll(done, total);
-            return true;
-        } catch (...) {
-            if (!poll_error) poll_error = std::current_exception();
-            return false;
-        }
-    };
+    PythonPoll poller(poll);
+    auto poll_fn = [&poller](int64_t done, int64_t total) { return poller(done, total); };
     io::StreamResult res;
     {
         // Safe without the GIL: the pipeline touches only its own buffers, `spec` and `out`;
@@ -102,7 +79,7 @@ py::tuple stream_file(const std::string& path, int dtype_code, bool byteswap, st
         io::BlockStream stream(spec, variant.reduce);
         res = stream.run(out.data(), poll_fn, poll_seconds);
     }
-    if (poll_error) std::rethrow_exception(poll_error);
+    poller.rethrow();
     switch (res.kind) {
         case io::StreamResult::Ok: break;
         case io::StreamResult::Truncated: throw py::value_error(res.message);

@@ -1,0 +1,65 @@
+// Helpers shared by the bindings: which compiled kernel variant to use, and the poll callback
+// that lets Ctrl-C and progress callbacks through while the GIL is released.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <cstdlib>
+#include <exception>
+#include <string>
+
+#include "isa.hpp"
+
+namespace fastmoments::python {
+
+namespace py = pybind11;
+
+// The variant named `name` ("" or "auto": $FASTMOMENTS_ISA, else the best supported one).
+inline const isa::Variant& pick_variant(std::string name) {
+    if (name.empty()) {
+        const char* env = std::getenv("FASTMOMENTS_ISA");
+        name = env ? env : "";
+    }
+    const auto& vs = isa::variants();
+    if (name.empty() || name == "auto") {
+        for (const auto& v : vs)
+            if (v.supported()) return v;
+        return vs.back();
+    }
+    for (const auto& v : vs)
+        if (name == v.name) {
+            if (!v.supported())
+                throw py::value_error("instruction set '" + name + "' is not supported by this CPU");
+            return v;
+        }
+    throw py::value_error("unknown instruction set '" + name + "'");
+}
+
+// Called by one kernel thread with the GIL released: takes the GIL back, checks for signals and
+// calls the user's progress callback. An exception there cancels the computation (returns false)
+// and is kept for rethrow() once the GIL is held again.
+class PythonPoll {
+public:
+    explicit PythonPoll(py::object callback) : callback_(std::move(callback)) {}
+
+    bool operator()(int64_t done, int64_t total) {
+        py::gil_scoped_acquire gil;
+        try {
+            if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+            if (!callback_.is_none()) callback_(done, total);
+            return true;
+        } catch (...) {
+            if (!error_) error_ = std::current_exception();
+            return false;
+        }
+    }
+
+    void rethrow() const {
+        if (error_) std::rethrow_exception(error_);
+    }
+
+private:
+    py::object callback_;
+    std::exception_ptr error_;
+};
+
+}  // namespace fastmoments::python
