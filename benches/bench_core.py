@@ -35,17 +35,23 @@ def best_time(fn, repeat):
 
 
 def exact_variance(x, axis):
-    """Blockwise float64 two-pass reference (float64 is exact for these inputs' sums to ~1e-16)."""
+    """Reference variance: exact integer sums for integers, extended-precision two pass for floats,
+    in blocks along axis 0 (never a full-size temporary)."""
     kept = fastmoments._axes.normalize_keep_axes(axis, x.ndim)
     red = tuple(i for i in range(x.ndim) if i not in kept)
-    mean = x.mean(axis=red, dtype=np.float64, keepdims=True)
-    m2 = np.zeros(mean.shape)
-    step = max(1, x.shape[0] // 64) if 0 in red else x.shape[0]
-    for i in range(0, x.shape[0], step):
-        block = x[i:i + step].astype(np.float64) - mean
-        m2 = m2 + np.sum(block * block, axis=red, keepdims=True)
-    n = np.prod([x.shape[i] for i in red])
-    return (m2 / n).reshape([x.shape[i] for i in kept])
+    n = int(np.prod([x.shape[i] for i in red]))
+    step = max(1, x.shape[0] // 256)
+    blocks = [x[i:i + step] for i in range(0, x.shape[0], step)] if 0 in red else [x]
+    shape = [x.shape[i] for i in kept]
+    if x.dtype.kind in "biu":
+        s1 = sum(b.astype(np.int64).sum(axis=red, dtype=np.int64).astype(object) for b in blocks)
+        s2 = sum((b.astype(np.int64) ** 2).sum(axis=red, dtype=np.int64).astype(object) for b in blocks)
+        var = (np.asarray(s2) * n - np.asarray(s1) ** 2) / (n * n)  # Python ints: exact, one rounding
+        return np.asarray(var, dtype=np.float64).reshape(shape)
+    ld = np.longdouble
+    mean = sum(b.astype(ld).sum(axis=red, keepdims=True) for b in blocks) / n
+    m2 = sum(((b.astype(ld) - mean) ** 2).sum(axis=red, keepdims=True) for b in blocks)
+    return (m2 / n).astype(np.float64).reshape(shape)
 
 
 def rel_err(got, want):

@@ -273,6 +273,7 @@ struct IntegerLanes {
 // ---- run mode: a run of values updates one state ----------------------------------------------
 
 typedef double v4d __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
 typedef int64_t v4i __attribute__((vector_size(32)));
 
 template <class T, bool Omit, bool Contig>
@@ -302,17 +303,27 @@ struct FloatRun {
         a2[u] += d * d;
     }
 
+    // Four consecutive values as doubles: one vector load (+ convert) where the storage allows.
+    static v4d quad(const char* p, int64_t j, int64_t stride) {
+        if constexpr (Contig && std::is_same_v<T, float>) {
+            v4f f;
+            std::memcpy(&f, p + 4 * j, sizeof f);
+            return __builtin_convertvector(f, v4d);
+        } else if constexpr (Contig && std::is_same_v<T, double>) {
+            v4d d;
+            std::memcpy(&d, p + 8 * j, sizeof d);
+            return d;
+        } else {
+            return v4d{value(p, j, stride), value(p, j + 1, stride), value(p, j + 2, stride),
+                       value(p, j + 3, stride)};
+        }
+    }
+
     void run(const char* p, int64_t n, int64_t stride) {
         const v4d s = {sh, sh, sh, sh};
         int64_t i = 0;
-        for (; i + 16 <= n; i += 16) {
-            for (int u = 0; u < 4; ++u) {
-                const int64_t j = i + 4 * u;
-                v4d d = {value(p, j, stride), value(p, j + 1, stride), value(p, j + 2, stride),
-                         value(p, j + 3, stride)};
-                add(d - s, u);
-            }
-        }
+        for (; i + 16 <= n; i += 16)
+            for (int u = 0; u < 4; ++u) add(quad(p, i + 4 * u, stride) - s, u);
         for (; i < n; ++i) {
             v4d d = {value(p, i, stride) - sh, 0, 0, 0};
             if constexpr (Omit) {
