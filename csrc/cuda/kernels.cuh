@@ -22,27 +22,23 @@ constexpr unsigned kFull = 0xffffffffu;
 
 template <class T> __host__ __device__ constexpr int vec_width() { return 16 / static_cast<int>(sizeof(T)); }
 
-// Byte offset (or output offset) of flat index i over a set of axes (C order).
-__device__ __forceinline__ int64_t axes_offset(const AxisSet& a, int64_t i) {
-    if (a.n == 1) return i * a.stride[0];
+// Offset of flat index i over a set of axes (C order), with the byte strides (`stride`) or the
+// output strides (`ostride`).
+template <bool Output>
+__device__ __forceinline__ int64_t axes_flat_offset(const AxisSet& a, int64_t i) {
+    const int64_t* st = Output ? a.ostride : a.stride;
+    if (!Output && a.n == 1) return i * st[0];
     int64_t off = 0;
     for (int k = a.n - 1; k >= 0; --k) {
         const int64_t q = i / a.size[k];
-        off += (i - q * a.size[k]) * a.stride[k];
+        off += (i - q * a.size[k]) * st[k];
         i = q;
     }
     return off;
 }
 
-__device__ __forceinline__ int64_t axes_out(const AxisSet& a, int64_t i) {
-    int64_t off = 0;
-    for (int k = a.n - 1; k >= 0; --k) {
-        const int64_t q = i / a.size[k];
-        off += (i - q * a.size[k]) * a.ostride[k];
-        i = q;
-    }
-    return off;
-}
+__device__ __forceinline__ int64_t axes_offset(const AxisSet& a, int64_t i) { return axes_flat_offset<false>(a, i); }
+__device__ __forceinline__ int64_t axes_out(const AxisSet& a, int64_t i) { return axes_flat_offset<true>(a, i); }
 
 template <class T>
 __device__ __forceinline__ T load_one(const char* p) {
