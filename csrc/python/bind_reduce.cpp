@@ -47,10 +47,9 @@ py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan
         if (keep[i]) out_shape.push_back(arr.shape(i)); else reduced *= shape[i];
         any_empty = any_empty || shape[i] == 0;
     }
-    py::array_t<int64_t> count(out_shape);
-    py::array_t<double> mean(out_shape), m2(out_shape);
-    const int64_t nout = static_cast<int64_t>(count.size());
-    if (nout == 0) return py::make_tuple(count, mean, m2);
+    int64_t nout = 1;
+    for (auto d : out_shape) nout *= d;
+    if (nout == 0) return states_to_arrays({}, out_shape);
     if (any_empty) throw py::value_error("cannot compute moments of an empty reduction (0 values per output)");
 
     std::vector<MomentState> out(static_cast<size_t>(nout));
@@ -69,36 +68,30 @@ py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan
     }
     poller.rethrow();
     if (status != Status::Ok) throw py::value_error("computation cancelled");
-    int64_t* c = count.mutable_data();
-    double* mu = mean.mutable_data();
-    double* q = m2.mutable_data();
-    for (int64_t i = 0; i < nout; ++i) c[i] = out[i].count, mu[i] = out[i].mean, q[i] = out[i].m2;
-    return py::make_tuple(count, mean, m2);
+    return states_to_arrays(out, out_shape);
 }
 
-// Elementwise Chan merge of two sets of states of the same shape.
-py::tuple combine_arrays(py::array_t<int64_t, py::array::c_style | py::array::forcecast> ca,
-                         py::array_t<double, py::array::c_style | py::array::forcecast> ma,
-                         py::array_t<double, py::array::c_style | py::array::forcecast> qa,
-                         py::array_t<int64_t, py::array::c_style | py::array::forcecast> cb,
-                         py::array_t<double, py::array::c_style | py::array::forcecast> mb,
-                         py::array_t<double, py::array::c_style | py::array::forcecast> qb) {
+using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// Elementwise Chan merge of two sets of states of the same shape (mean residuals optional).
+py::tuple combine_arrays(I64 ca, F64 ma, F64 qa, I64 cb, F64 mb, F64 qb, py::object la_obj, py::object lb_obj) {
     const py::ssize_t n = ca.size();
+    F64 la = la_obj.is_none() ? F64(std::vector<py::ssize_t>{n}) : F64::ensure(la_obj);
+    F64 lb = lb_obj.is_none() ? F64(std::vector<py::ssize_t>{n}) : F64::ensure(lb_obj);
+    if (!la || !lb) throw py::error_already_set();
+    if (la_obj.is_none()) std::fill(la.mutable_data(), la.mutable_data() + n, 0.0);
+    if (lb_obj.is_none()) std::fill(lb.mutable_data(), lb.mutable_data() + n, 0.0);
     for (const py::array* a : {static_cast<const py::array*>(&ma), static_cast<const py::array*>(&qa),
                                static_cast<const py::array*>(&cb), static_cast<const py::array*>(&mb),
-                               static_cast<const py::array*>(&qb)})
+                               static_cast<const py::array*>(&qb), static_cast<const py::array*>(&la),
+                               static_cast<const py::array*>(&lb)})
         if (a->size() != n) throw py::value_error("combine: states have different shapes");
-    std::vector<py::ssize_t> shape(ca.shape(), ca.shape() + ca.ndim());
-    py::array_t<int64_t> c(shape);
-    py::array_t<double> m(shape), q(shape);
-    const int64_t* pca = ca.data(); const double* pma = ma.data(); const double* pqa = qa.data();
-    const int64_t* pcb = cb.data(); const double* pmb = mb.data(); const double* pqb = qb.data();
-    int64_t* pc = c.mutable_data(); double* pm = m.mutable_data(); double* pq = q.mutable_data();
-    for (py::ssize_t i = 0; i < n; ++i) {
-        const MomentState s = combine(MomentState{pca[i], pma[i], pqa[i]}, MomentState{pcb[i], pmb[i], pqb[i]});
-        pc[i] = s.count, pm[i] = s.mean, pq[i] = s.m2;
-    }
-    return py::make_tuple(c, m, q);
+    std::vector<MomentState> out(static_cast<size_t>(n));
+    for (py::ssize_t i = 0; i < n; ++i)
+        out[static_cast<size_t>(i)] = combine(MomentState{ca.data()[i], ma.data()[i], qa.data()[i], la.data()[i]},
+                                              MomentState{cb.data()[i], mb.data()[i], qb.data()[i], lb.data()[i]});
+    return states_to_arrays(out, std::vector<py::ssize_t>(ca.shape(), ca.shape() + ca.ndim()));
 }
 
 // Plain read of a C-contiguous buffer with independent 64-bit lanes and the same threads and
@@ -144,8 +137,11 @@ void register_reduce(py::module_& m) {
     m.def("reduce", &reduce, py::arg("array"), py::arg("keep"), py::arg("dtype_code"),
           py::arg("nan_omit") = false, py::arg("threads") = 1, py::arg("poll") = py::none(),
           py::arg("isa") = "",
-          "Per-output (count, mean, m2) of `array` reduced over the axes with keep[i] == False.");
-    m.def("combine", &combine_arrays, "Elementwise Chan merge of two sets of (count, mean, m2).");
+          "Per-output (count, mean, m2, mean_lo) of `array` reduced over the axes with keep[i] == False.");
+    m.def("combine", &combine_arrays, py::arg("count_a"), py::arg("mean_a"), py::arg("m2_a"),
+          py::arg("count_b"), py::arg("mean_b"), py::arg("m2_b"), py::arg("mean_lo_a") = py::none(),
+          py::arg("mean_lo_b") = py::none(),
+          "Elementwise Chan merge of two sets of (count, mean, m2[, mean_lo]) -> (count, mean, m2, mean_lo).");
     m.def("read_bandwidth", &read_bandwidth, py::arg("buffer"), py::arg("threads") = 1,
           "Sum of the buffer's 64-bit words (a plain read loop, for benchmarks).");
     py::list names;

@@ -90,13 +90,7 @@ py::tuple stream_file(const std::string& path, int dtype_code, bool byteswap, st
             throw py::error_already_set();
         }
     }
-    py::array_t<int64_t> count(out_size);
-    py::array_t<double> mean(out_size), m2(out_size);
-    int64_t* c = count.mutable_data();
-    double* mu = mean.mutable_data();
-    double* q = m2.mutable_data();
-    for (int64_t i = 0; i < out_size; ++i) c[i] = out[i].count, mu[i] = out[i].mean, q[i] = out[i].m2;
-    return py::make_tuple(count, mean, m2);
+    return states_to_arrays(out, {static_cast<py::ssize_t>(out_size)});
 }
 
 }  // namespace

@@ -105,7 +105,7 @@ def reduce_array(arr: np.ndarray, kept: Tuple[int, ...], *, ddof: int, nan_polic
         else:
             run = _converting_runner(arr, kept, code, threads, report)
         omit = nan_policy == "omit" and arr.dtype.kind not in "biu"
-        count, mean, m2 = run(omit)
+        count, mean, m2, mean_lo = run(omit)
         if omit and not np.all(count):
             # Like np.nanmean/np.nanvar: an index whose values are all NaN has NaN statistics.
             empty = count == 0
@@ -116,7 +116,7 @@ def reduce_array(arr: np.ndarray, kept: Tuple[int, ...], *, ddof: int, nan_polic
                 omitted = run(True)[0]
                 if np.any(omitted != count):
                     raise ValueError("the data contains NaN (nan_policy='raise')")
-    return Moments(count, mean, m2, ddof=ddof)
+    return Moments(count, mean, m2, ddof=ddof, mean_lo=mean_lo)
 
 
 def _native_runner(arr, kept, code, threads, report):
@@ -151,11 +151,11 @@ def _converting_runner(arr, kept, code, threads, report):
             if report is not None:
                 report(min(arr.shape[axis], start + step) * slice_bytes)
         if keep[axis]:
-            return tuple(np.concatenate([p[k] for p in parts], axis=out_axis) for k in range(3))
-        total = Moments(*parts[0])
+            return tuple(np.concatenate([p[k] for p in parts], axis=out_axis) for k in range(4))
+        total = Moments(*parts[0][:3], mean_lo=parts[0][3])
         for p in parts[1:]:
-            total = total.merge(Moments(*p))
-        return total._count, total._mean, total._m2
+            total = total.merge(Moments(*p[:3], mean_lo=p[3]))
+        return total._count, total._mean, total._m2, total._mean_lo
 
     return run
 

@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 # (count int64, mean float64, m2 float64), each with the shape of the kept axes.
-_States = Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+_States = Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+"""``(count, mean, m2, mean_lo)``: mean_lo is the rounding residual of mean."""
 
 supported_isas: List[str]
 """Compiled instruction-set variants this CPU can run, best first (e.g. ``["avx2", "baseline"]``)."""
@@ -29,7 +30,7 @@ def reduce(
     poll: Optional[Callable[[int, int], object]] = None,
     isa: str = "",
 ) -> _States:
-    """Per-output ``(count, mean, m2)`` of ``array`` reduced over the axes with ``keep[i] == False``.
+    """Per-output ``(count, mean, m2, mean_lo)`` of ``array`` reduced over the axes with ``keep[i] == False``.
 
     ``dtype_code`` is the kernel's code of the element type (``fastmoments._dtypes``); the array
     must be in native byte order. ``poll(done, total)`` is called about every 0.1 s with the GIL
@@ -44,9 +45,10 @@ def combine(
     count_b: npt.ArrayLike,
     mean_b: npt.ArrayLike,
     m2_b: npt.ArrayLike,
-    /,
+    mean_lo_a: Optional[npt.ArrayLike] = None,
+    mean_lo_b: Optional[npt.ArrayLike] = None,
 ) -> _States:
-    """Elementwise Chan merge of two sets of ``(count, mean, m2)`` of one size."""
+    """Elementwise Chan merge of two sets of ``(count, mean, m2[, mean_lo])`` of one size."""
 
 def read_bandwidth(buffer: Any, threads: int = 1) -> int:
     """Sum of the buffer's 64-bit words: a plain multi-threaded read loop for benchmarks."""
@@ -70,4 +72,4 @@ def stream_file(
     reader_thread: bool = True,
     isa: str = "",
 ) -> _States:
-    """Flat ``(count, mean, m2)`` of raw C-order arrays in a file, read piece by piece."""
+    """Flat ``(count, mean, m2, mean_lo)`` of raw C-order arrays in a file, read piece by piece."""

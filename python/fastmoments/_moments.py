@@ -18,8 +18,9 @@ def _scalar_or_array(a: np.ndarray) -> Any:
 class Moments:
     """Count, mean and sum of squared deviations (``m2``) per kept index.
 
-    Rebuild one from its arrays with ``Moments(count, mean, m2)``; merge partial results with
-    :meth:`merge` (Chan et al. 1983), in any grouping, to get the statistics of all the data.
+    Rebuild one from its arrays with ``Moments(count, mean, m2)`` (or ``Moments(**m.to_dict())``);
+    merge partial results with :meth:`merge` (Chan et al. 1983), in any grouping, to get the
+    statistics of all the data.
 
     Parameters
     ----------
@@ -29,29 +30,36 @@ class Moments:
         Delta degrees of freedom used by :attr:`variance` and :attr:`std`.
     sample : float or None
         Set when the statistics were computed on a sample (fraction of the rows read).
+    mean_lo : array_like, optional
+        Rounding residual of ``mean`` (the exact mean is ``mean + mean_lo``), filled in by the
+        kernels. Merges use it so that means far from zero (1e9 with unit spread) lose no bits in
+        Chan's delta; it defaults to 0, which is what a bare float64 mean holds.
     """
 
-    __slots__ = ("_count", "_mean", "_m2", "ddof", "sample")
+    __slots__ = ("_count", "_mean", "_m2", "_mean_lo", "ddof", "sample")
 
-    def __init__(self, count, mean, m2, *, ddof: int = 0, sample: Optional[float] = None):
+    def __init__(self, count, mean, m2, *, ddof: int = 0, sample: Optional[float] = None,
+                 mean_lo=None):
         count = np.asarray(count)
         mean = np.asarray(mean, dtype=np.float64)
         m2 = np.asarray(m2, dtype=np.float64)
+        mean_lo = np.zeros(mean.shape) if mean_lo is None else np.asarray(mean_lo, dtype=np.float64)
         if count.dtype.kind not in "iu":
             if count.dtype.kind == "f" and np.all(np.mod(count, 1) == 0):
                 count = count.astype(np.int64)
             else:
                 raise TypeError(f"count must hold integers, got dtype {count.dtype}")
         count = count.astype(np.int64, copy=False)
-        if not (count.shape == mean.shape == m2.shape):
+        if not (count.shape == mean.shape == m2.shape == mean_lo.shape):
             raise ValueError(
-                f"count, mean and m2 must have one shape, got {count.shape}, {mean.shape}, {m2.shape}"
+                f"count, mean, m2 and mean_lo must have one shape, got {count.shape}, {mean.shape}, "
+                f"{m2.shape}, {mean_lo.shape}"
             )
         if np.any(count < 0):
             raise ValueError("count must be >= 0")
         if int(ddof) != ddof or ddof < 0:
             raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
-        self._count, self._mean, self._m2 = count, mean, m2
+        self._count, self._mean, self._m2, self._mean_lo = count, mean, m2, mean_lo
         self.ddof = int(ddof)
         self.sample = sample
 
@@ -94,28 +102,32 @@ class Moments:
             raise TypeError(f"can only merge Moments with Moments, got {type(other).__name__}")
         if other.shape != self.shape:
             raise ValueError(f"cannot merge Moments of shape {self.shape} with shape {other.shape}")
-        c, m, q = _core.combine(self._count, self._mean, self._m2, other._count, other._mean, other._m2)
+        c, m, q, lo = (a.reshape(self.shape) for a in _core.combine(
+            self._count, self._mean, self._m2, other._count, other._mean, other._m2,
+            self._mean_lo, other._mean_lo))
         sample = self.sample if self.sample is not None else other.sample
-        return Moments(c.reshape(self.shape), m.reshape(self.shape), q.reshape(self.shape),
-                       ddof=self.ddof, sample=sample)
+        return Moments(c, m, q, ddof=self.ddof, sample=sample, mean_lo=lo)
 
     __add__ = merge
 
     def with_ddof(self, ddof: int) -> "Moments":
-        return Moments(self._count, self._mean, self._m2, ddof=ddof, sample=self.sample)
+        return Moments(self._count, self._mean, self._m2, ddof=ddof, sample=self.sample,
+                       mean_lo=self._mean_lo)
 
     # -- plain data --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """Plain arrays (``count``, ``mean``, ``m2``) that rebuild this result with ``Moments(**d)``."""
-        return {"count": self._count.copy(), "mean": self._mean.copy(), "m2": self._m2.copy()}
+        """Plain arrays (``count``, ``mean``, ``m2``, ``mean_lo``) that rebuild this result with
+        ``Moments(**d)``."""
+        return {"count": self._count.copy(), "mean": self._mean.copy(), "m2": self._m2.copy(),
+                "mean_lo": self._mean_lo.copy()}
 
     def __getstate__(self):
         return {"count": self._count, "mean": self._mean, "m2": self._m2,
-                "ddof": self.ddof, "sample": self.sample}
+                "ddof": self.ddof, "sample": self.sample, "mean_lo": self._mean_lo}
 
     def __setstate__(self, state):
         self.__init__(state["count"], state["mean"], state["m2"], ddof=state["ddof"],
-                      sample=state["sample"])
+                      sample=state["sample"], mean_lo=state.get("mean_lo"))
 
     def __eq__(self, other):
         if not isinstance(other, Moments):
@@ -123,6 +135,8 @@ class Moments:
         return (self.shape == other.shape and np.array_equal(self._count, other._count)
                 and np.array_equal(self._mean, other._mean, equal_nan=True)
                 and np.array_equal(self._m2, other._m2, equal_nan=True))
+    # mean_lo is left out on purpose: Moments(count, mean, m2) rebuilt from the public arrays has
+    # the same statistics; only later merges of far-from-zero means are slightly less exact.
 
     __hash__ = None  # mutable arrays inside
 

