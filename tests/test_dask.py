@@ -17,27 +17,17 @@ dask = pytest.importorskip("dask")
 
 import fastmoments  # noqa: E402
 import fastmoments.dask as fmd  # noqa: E402
+from reference import reference as shared_reference  # noqa: E402
 
 RTOL = 1e-12
 
 
 def reference(x, keep, ddof=0, omit=False):
-    """Two-pass count/mean/variance in long double over the axes not in ``keep``."""
-    x = np.asarray(x)
-    keep = () if keep is None else tuple(k % x.ndim for k in np.atleast_1d(keep))
-    red = tuple(i for i in range(x.ndim) if i not in keep)
-    v = x.astype(np.longdouble)
-    if omit:
-        ok = ~np.isnan(v)
-        n = ok.sum(axis=red)
-        mean = np.where(ok, v, 0).sum(axis=red) / n
-        dev = np.where(ok, v - np.expand_dims(mean, red), 0)
-    else:
-        n = np.full(tuple(x.shape[i] for i in keep), np.prod([x.shape[i] for i in red]), np.int64)
-        mean = v.sum(axis=red) / n
-        dev = v - np.expand_dims(mean, red)
-    m2 = (dev * dev).sum(axis=red)
-    return n, mean.astype(np.float64), m2.astype(np.float64), (m2 / (n - ddof)).astype(np.float64)
+    """count, mean, m2 and variance over the axes not in ``keep`` (the shared reference)."""
+    axis = None if keep is None else tuple(int(k) for k in np.atleast_1d(keep))
+    r = shared_reference(x, axis, "omit" if omit else "propagate")
+    return (r.count, r.mean.astype(np.float64), r.m2.astype(np.float64),
+            r.variance(ddof).astype(np.float64))
 
 
 def assert_matches(res, x, keep, ddof=0, omit=False):

@@ -16,6 +16,7 @@ keras = pytest.importorskip("keras")
 
 import fastmoments  # noqa: E402
 from fastmoments.keras import FastNorm, FastNormWarning  # noqa: E402
+from reference import reference as shared_reference  # noqa: E402
 
 # Datasets go through fastmoments.tf, whose op-or-fallback choice is tested in test_tf.py; the
 # ``tf_route`` fixture runs the dataset tests here on both paths.
@@ -36,14 +37,9 @@ def tf_route(request):
 
 # -- reference ---------------------------------------------------------------------------------
 def reference(x, keep, nan=False):
-    """Two-pass mean and population variance in extended precision over the axes not kept."""
-    x = np.asarray(x, dtype=np.float64).astype(np.longdouble)
-    keep = tuple(k % x.ndim for k in keep)
-    red = tuple(i for i in range(x.ndim) if i not in keep)
-    mean_fn = np.nanmean if nan else np.mean
-    mean = mean_fn(x, axis=red, keepdims=True)
-    var = mean_fn((x - mean) ** 2, axis=red)
-    return mean.reshape(var.shape).astype(np.float64), var.astype(np.float64)
+    """Population mean and variance over the axes not in ``keep`` (the shared reference)."""
+    r = shared_reference(x, tuple(keep), "omit" if nan else "propagate")
+    return r.mean.astype(np.float64), r.variance().astype(np.float64)
 
 
 def weights(layer):

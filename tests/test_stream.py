@@ -14,21 +14,17 @@ import pytest
 
 import fastmoments
 from fastmoments import _stream
+from reference import kept_axes, reference as shared_reference  # noqa: E402
 
 RNG = np.random.default_rng(1234)
 
 
 def reference(x, axis):
-    """Two-pass float64 mean and variance over every axis not kept (axis as in compute)."""
-    x = np.asarray(x, dtype=np.float64)
-    if axis is None:
-        kept = ()
-    else:
-        kept = tuple(sorted(a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)))
-    red = tuple(i for i in range(x.ndim) if i not in kept)
-    mean = x.mean(axis=red)
-    var = ((x - np.expand_dims(mean, red)) ** 2).mean(axis=red)
-    return mean, var, int(np.prod([x.shape[i] for i in red]))
+    """Mean, variance and values per output over every axis not kept (the shared reference)."""
+    x = np.asarray(x)
+    r = shared_reference(x, axis)
+    n = int(np.prod([x.shape[i] for i in range(x.ndim) if i not in kept_axes(axis, x.ndim)]))
+    return r.mean.astype(np.float64), r.variance().astype(np.float64), n
 
 
 def check(result, x, axis, rtol=1e-10):

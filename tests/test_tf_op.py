@@ -15,6 +15,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import fastmoments  # noqa: E402
 import fastmoments.tf as fmtf  # noqa: E402
 from fastmoments import _build_info  # noqa: E402
+from reference import kept_axes, reference as shared_reference  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -29,18 +30,11 @@ AXES = [-1, None, 0, (1, 2), (-1, 0), 1]
 # -- reference and helpers --------------------------------------------------------------------------
 
 def reference(a, axis, ddof=0):
-    """Two-pass float64 (extended where available) mean/variance over the non-kept axes."""
-    a = np.asarray(a).astype(np.longdouble)
-    if axis is None:
-        kept = ()
-    else:
-        kept = tuple(sorted(k % a.ndim for k in (axis if isinstance(axis, tuple) else (axis,))))
-    red = tuple(i for i in range(a.ndim) if i not in kept)
-    mean = a.mean(axis=red)
-    dev = a - np.expand_dims(mean, red) if red else a - mean
-    n = int(np.prod([a.shape[i] for i in red])) if red else 1
-    var = (dev * dev).sum(axis=red) / (n - ddof)
-    return mean.astype(np.float64), var.astype(np.float64), n
+    """Mean, variance and values per output over the non-kept axes (the shared reference)."""
+    a = np.asarray(a)
+    r = shared_reference(a, axis)
+    n = int(np.prod([a.shape[i] for i in range(a.ndim) if i not in kept_axes(axis, a.ndim)]))
+    return r.mean.astype(np.float64), r.variance(ddof).astype(np.float64), n
 
 
 def sample(dtype, shape, rng):
