@@ -4,7 +4,7 @@ separate statistics; every other axis is reduced; ``None`` reduces everything.""
 from __future__ import annotations
 
 import operator
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 AxisLike = Union[None, int, Sequence[int]]
 
@@ -38,9 +38,3 @@ def keep_mask(kept: Tuple[int, ...], ndim: int) -> list:
 
 def kept_shape(shape: Sequence[int], kept: Tuple[int, ...]) -> Tuple[int, ...]:
     return tuple(shape[i] for i in kept)
-
-
-def original_axis(axis: AxisLike) -> Optional[Tuple[int, ...]]:
-    if axis is None:
-        return None
-    return (axis,) if not isinstance(axis, (tuple, list)) else tuple(axis)

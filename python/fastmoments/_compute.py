@@ -89,34 +89,53 @@ def as_array(data: Any) -> np.ndarray:
         raise TypeError(f"cannot interpret {type(data).__name__} as an array: {exc}") from None
 
 
+def check_reduction(shape: Tuple[int, ...], kept: Tuple[int, ...]) -> None:
+    """``ValueError`` when some output would get no values (NumPy returns NaN with a warning)."""
+    n_reduced = int(np.prod([shape[i] for i in range(len(shape)) if i not in kept], dtype=np.int64))
+    if n_reduced == 0 and int(np.prod(kept_shape(shape, kept), dtype=np.int64)) > 0:
+        raise ValueError(
+            f"cannot compute moments of an empty reduction: array of shape {tuple(shape)} "
+            f"has no values along the reduced axes"
+        )
+
+
+def nan_where_empty(count, mean, m2):
+    """Like np.nanmean/np.nanvar: an index whose values were all NaN (omitted) has NaN statistics."""
+    if np.all(count):
+        return mean, m2
+    empty = count == 0
+    return np.where(empty, np.nan, mean), np.where(empty, np.nan, m2)
+
+
+def moments_by_nan_policy(run: Callable[[bool], tuple], nan_policy: str, floating: bool,
+                          ddof: int) -> Moments:
+    """One kernel pass with NaN omitted or propagated; "raise" re-reads only when a mean is NaN.
+
+    ``run(omit)`` returns ``(count, mean, m2[, mean_lo])``.
+    """
+    omit = nan_policy == "omit" and floating
+    state = run(omit)
+    count, mean, m2 = state[:3]
+    mean_lo = state[3] if len(state) > 3 else None
+    if omit:
+        mean, m2 = nan_where_empty(count, mean, m2)
+    # NaN means can also come from inf - inf; only NaN *inputs* are an error.
+    if nan_policy == "raise" and floating and np.isnan(mean).any() and np.any(run(True)[0] != count):
+        raise ValueError("the data contains NaN (nan_policy='raise')")
+    return Moments(count, mean, m2, ddof=ddof, mean_lo=mean_lo)
+
+
 def reduce_array(arr: np.ndarray, kept: Tuple[int, ...], *, ddof: int, nan_policy: str,
                  threads: int, progress: ProgressLike = False) -> Moments:
     """Moments of an ndarray over every axis not in ``kept`` (validated arguments)."""
     code = dtype_code(arr.dtype)
-    n_reduced = int(np.prod([arr.shape[i] for i in range(arr.ndim) if i not in kept], dtype=np.int64))
-    if n_reduced == 0 and int(np.prod(kept_shape(arr.shape, kept), dtype=np.int64)) > 0:
-        raise ValueError(
-            f"cannot compute moments of an empty reduction: array of shape {arr.shape} "
-            f"has no values along the reduced axes"
-        )
+    check_reduction(arr.shape, kept)
     with progress_reporter(progress, arr.nbytes) as report:
         if is_native(arr.dtype):
             run = _native_runner(arr, kept, code, threads, report)
         else:
             run = _converting_runner(arr, kept, code, threads, report)
-        omit = nan_policy == "omit" and arr.dtype.kind not in "biu"
-        count, mean, m2, mean_lo = run(omit)
-        if omit and not np.all(count):
-            # Like np.nanmean/np.nanvar: an index whose values are all NaN has NaN statistics.
-            empty = count == 0
-            mean, m2 = np.where(empty, np.nan, mean), np.where(empty, np.nan, m2)
-        if nan_policy == "raise" and arr.dtype.kind not in "biu":
-            if np.isnan(mean).any():
-                # NaN means can come from inf - inf; only NaN *inputs* are an error.
-                omitted = run(True)[0]
-                if np.any(omitted != count):
-                    raise ValueError("the data contains NaN (nan_policy='raise')")
-    return Moments(count, mean, m2, ddof=ddof, mean_lo=mean_lo)
+        return moments_by_nan_policy(run, nan_policy, arr.dtype.kind not in "biu", ddof)
 
 
 def _native_runner(arr, kept, code, threads, report):

@@ -12,7 +12,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ._axes import keep_mask, kept_shape, normalize_keep_axes
+from ._axes import keep_mask, normalize_keep_axes
+from ._compute import check_reduction, moments_by_nan_policy
 from ._dtypes import dtype_code, is_native
 from ._moments import Moments
 from ._routes import ComputeOptions, is_gpu_array
@@ -151,13 +152,6 @@ def device_view(data: Any, mod: Any) -> DeviceView:
 
 # -- the route -------------------------------------------------------------------------------------
 
-def _check_reduction(shape: Tuple[int, ...], kept: Tuple[int, ...]) -> None:
-    n_reduced = int(np.prod([shape[i] for i in range(len(shape)) if i not in kept], dtype=np.int64))
-    if n_reduced == 0 and int(np.prod(kept_shape(shape, kept), dtype=np.int64)) > 0:
-        raise ValueError(f"cannot compute moments of an empty reduction: array of shape {shape} "
-                         "has no values along the reduced axes")
-
-
 def _host_array(data: Any) -> np.ndarray:
     from ._compute import as_array
 
@@ -178,7 +172,7 @@ def compute(data: Any, opts: ComputeOptions) -> Moments:
     if is_gpu_array(data) or hasattr(data, "__cuda_array_interface__"):
         view = device_view(data, mod)
         kept = normalize_keep_axes(opts.axis, len(view.shape))
-        _check_reduction(view.shape, kept)
+        check_reduction(view.shape, kept)
         keep = keep_mask(kept, len(view.shape))
 
         def run(omit: bool):
@@ -194,17 +188,11 @@ def compute(data: Any, opts: ComputeOptions) -> Moments:
         arr = _host_array(data)
         code = dtype_code(arr.dtype)
         kept = normalize_keep_axes(opts.axis, arr.ndim)
-        _check_reduction(arr.shape, kept)
+        check_reduction(arr.shape, kept)
         keep = keep_mask(kept, arr.ndim)
 
         def run(omit: bool):
             return mod.reduce_host(arr, keep, code, omit, -1, HOST_CHUNK_BYTES, HOST_BUFFERS, opts.threads)
         integer = arr.dtype.kind in "biu" and arr.dtype.itemsize < 8
 
-    count, mean, m2 = run(False)
-    if opts.nan_policy != "propagate" and not integer:
-        if opts.nan_policy == "omit":
-            count, mean, m2 = run(True)
-        elif np.isnan(mean).any() and np.any(run(True)[0] != count):
-            raise ValueError("the data contains NaN (nan_policy='raise')")
-    return Moments(count, mean, m2, ddof=opts.ddof)
+    return moments_by_nan_policy(run, opts.nan_policy, not integer, opts.ddof)

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import _core
 from ._axes import keep_mask, kept_shape, normalize_keep_axes
-from ._compute import compute_array
+from ._compute import compute_array, nan_where_empty
 from ._dtypes import dtype_code, is_native
 from ._moments import Moments
 from ._progress import progress_reporter
@@ -582,9 +582,8 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
         if np.any(count != expected):
             raise ValueError("the data contains NaN (nan_policy='raise')")
     sample = None if fraction is None else rows_read / max(1, sum(p[1][0] for p in plans))
-    if opts.nan_policy == "omit" and not np.all(count):
-        # Like np.nanmean/np.nanvar: an index whose values are all NaN has NaN statistics.
-        mean, m2 = np.where(count == 0, np.nan, mean), np.where(count == 0, np.nan, m2)
+    if opts.nan_policy == "omit":
+        mean, m2 = nan_where_empty(count, mean, m2)
     return Moments(count, mean, m2, ddof=opts.ddof, sample=sample, mean_lo=mean_lo)
 
 
