@@ -138,15 +138,16 @@ def main(argv=None) -> int:
     ap.add_argument("--numpy-max-mb", type=float, default=4096.0,
                     help="skip NumPy (its var makes a full-size temporary) above this size")
     ap.add_argument("--keep", action="store_true", help="keep the file afterwards")
-    ap.add_argument("--reader", choices=["thread", "workers", "auto"], default="auto",
-                    help="native pipeline: a reader thread + ring, or workers reading their own "
-                         "pieces (default: the library's choice)")
+    ap.add_argument("--reader", choices=["thread", "workers", "map", "auto"], default="auto",
+                    help="native pipeline: a reader thread + ring, workers reading their own "
+                         "pieces, or workers reducing cached pieces from a memory map "
+                         "(default: the library's choice)")
     args = ap.parse_args(argv)
     if args.size_mb <= 0 or args.features <= 0:
         ap.error("--size-mb and --features must be positive")
     if args.reader is not None:
         from fastmoments import _stream
-        _stream.READER_THREAD = {"thread": True, "workers": False, "auto": None}[args.reader]
+        _stream.READER_MODE = None if args.reader == "auto" else args.reader
     rows = max(1, int(args.size_mb * 1e6) // (4 * args.features))
     nbytes = rows * args.features * 4
     gb = nbytes / 1e9

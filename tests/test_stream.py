@@ -50,10 +50,11 @@ def block_bytes(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=[True, False, None], ids=["reader-thread", "worker-reads", "auto"])
+@pytest.fixture(params=["thread", "workers", "map", None], ids=["reader-thread", "worker-reads", "map", "auto"])
 def reader_mode(request, monkeypatch):
-    """Both native pipelines: a reader thread filling a ring, or workers reading their own piece."""
-    monkeypatch.setattr(_stream, "READER_THREAD", request.param)
+    """Every native pipeline: a reader thread filling a ring, workers reading their own piece,
+    workers reducing cached pieces from a memory map."""
+    monkeypatch.setattr(_stream, "READER_MODE", request.param)
     return request.param
 
 
@@ -89,7 +90,7 @@ def test_same_bits_for_every_thread_count(tmp_path, monkeypatch, reader_mode):
                for ax in (-1, None) for t in (1, 2, 3, 7)]
     assert results[0] == results[1] == results[2] == results[3]
     assert results[4] == results[5] == results[6] == results[7]
-    monkeypatch.setattr(_stream, "READER_THREAD", reader_mode is not True)
+    monkeypatch.setattr(_stream, "READER_MODE", "workers" if reader_mode == "thread" else "thread")
     assert results[0] == fastmoments.compute(tmp_path / "x.npy", axis=-1, threads=2)
     check(results[0], x, -1, rtol=1e-8)
 
@@ -297,6 +298,54 @@ def test_file_truncated_while_reading(tmp_path, monkeypatch, reader_mode):
     with pytest.raises((ValueError, OSError), match="truncated"):
         fastmoments.compute(path, progress=cut)
     assert seen and seen[-1] < x.nbytes
+
+
+def test_mapped_file_truncated_under_the_kernel(tmp_path, monkeypatch):
+    """Pieces mapped and populated, then the file shrinks to its header before the kernel reads
+    them: the kernel's loads fault (SIGBUS) inside the map; the result is an error, not a crash."""
+    monkeypatch.setattr(_stream, "READER_MODE", "map")
+    monkeypatch.setattr(_stream, "BLOCK_BYTES", 1 << 16)
+    monkeypatch.setattr(_stream, "READ_DELAY", 0.05)  # between mapping a piece and reducing it
+    monkeypatch.setattr(_stream, "POLL_SECONDS", 0.005)
+    x = make((1 << 16, 4), np.float64)  # 2 MiB, cached: just written
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    cut = []
+
+    def shrink(done, total):
+        if not cut:
+            with open(path, "r+b") as f:
+                f.truncate(64)
+            cut.append(done)
+
+    with pytest.raises(ValueError, match="truncated"):
+        fastmoments.compute(path, progress=shrink, threads=2)
+    np.save(path, x)  # the same process maps files again afterwards
+    check(fastmoments.compute(path, threads=2), x, -1)
+
+
+def test_foreign_sigbus_still_fatal(tmp_path):
+    """The SIGBUS handler forwards faults outside fastmoments' maps: a program that reads past the
+    end of its own truncated map still dies of SIGBUS."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent(f"""
+        import mmap, numpy as np, fastmoments
+        np.save({str(tmp_path / 'a.npy')!r}, np.ones(1000))
+        fastmoments.compute({str(tmp_path / 'a.npy')!r})   # installs the handler (map mode)
+        with open({str(tmp_path / 'b.bin')!r}, 'w+b') as f:
+            f.truncate(1 << 16)
+            m = mmap.mmap(f.fileno(), 1 << 16, access=mmap.ACCESS_READ)
+            f.truncate(0)
+            print('read', m[40000], flush=True)
+    """)
+    env = dict(os.environ, PYTHONFAULTHANDLER="")
+    env.pop("PYTHONFAULTHANDLER")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == -signal.SIGBUS, (p.returncode, p.stdout, p.stderr)
+    assert "read" not in p.stdout
 
 
 def test_sample_and_options_rejected_for_arrays():

@@ -50,7 +50,7 @@ py::tuple stream_file(const std::string& path, int dtype_code, bool byteswap, st
     spec.nan_policy = nan_omit ? NanPolicy::Omit : NanPolicy::Propagate;
     spec.sequential = sequential;
     spec.read_delay = read_delay;
-    if (reader_mode < 0 || reader_mode > 2) throw py::value_error("reader_mode must be 0, 1 or 2");
+    if (reader_mode < 0 || reader_mode > 3) throw py::value_error("reader_mode must be 0, 1, 2 or 3");
     spec.reader_mode = static_cast<io::StreamSpec::ReaderMode>(reader_mode);
     int64_t inner = 1;
     for (size_t i = 0; i < tail.size(); ++i)
@@ -101,7 +101,7 @@ void register_stream(py::module_& m) {
           py::arg("out_size"), py::arg("nan_omit") = false, py::arg("threads") = 1,
           py::arg("poll") = py::none(), py::arg("poll_seconds") = 0.05, py::arg("sequential") = true,
           py::arg("read_delay") = 0.0, py::arg("reader_mode") = 0, py::arg("isa") = "",
-          "Flat (count, mean, m2) of a raw C-order array in a file, read piece by piece (pread ring).");
+          "Flat (count, mean, m2) of a raw C-order array in a file, read piece by piece (pread ring or a guarded memory map).");
 }
 
 }  // namespace fastmoments::python

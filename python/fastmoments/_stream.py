@@ -53,10 +53,13 @@ SAMPLE_UNIT_BYTES = 1 << 20
 POLL_SECONDS = 0.05
 # Seconds the native reader sleeps per piece (tests use it to slow the reader down).
 READ_DELAY = 0.0
-# True: a reader thread fills a ring of buffers for the workers; False: each worker reads its own
-# piece (copies from the page cache then scale with the threads); None: the latter when most of
-# the data is in the page cache. Same result in every mode.
-READER_THREAD = None
+# "thread": a reader thread fills a ring of buffers for the workers; "workers": each worker reads
+# its own piece (copies from the page cache then scale with the threads); "map": as "workers", but
+# pieces already in the page cache are reduced straight from a memory map (no copy; a file
+# truncated meanwhile is reported, never SIGBUS); None: "map" when most of the data is in the page
+# cache, else "thread". Same result in every mode.
+READER_MODE = None
+_READER_CODES = {None: 0, "thread": 1, "workers": 2, "map": 3}
 
 _GLOB_CHARS = frozenset("*?[")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -433,7 +436,7 @@ def _reduce_file(src: FileArray, keep_c, cshape, ranges, omit, opts, report):
         src.path, dtype_code(src.dtype), not is_native(src.dtype), list(cshape[j + 1:]),
         list(keep_c[j:]), offsets * itemsize + src.offset, rows, out_base, out_size, omit,
         opts.threads, poll, POLL_SECONDS, len(ranges) == 1, READ_DELAY,
-        {None: 0, True: 1, False: 2}[READER_THREAD], "")
+        _READER_CODES[READER_MODE], "")
     return count, mean, m2, mean_lo
 
 

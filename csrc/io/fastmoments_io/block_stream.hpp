@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +32,8 @@
 #include <fastmoments/dtypes.hpp>
 #include <fastmoments/reduce.hpp>
 #include <fastmoments/state.hpp>
+
+#include "mapped_file.hpp"
 
 namespace fastmoments::io {
 
@@ -61,9 +64,11 @@ struct StreamSpec {
     // Thread: one reader thread fills a ring of workers + 2 buffers while the workers compute
     // (disk-bound reads stay one sequential stream). Workers: each worker preads its own piece into
     // its own buffer (copies from the page cache scale with the workers) and hints the kernel to
-    // fetch the piece `workers` ahead. Auto: Workers when most of the data is cached, else Thread.
+    // fetch the piece `workers` ahead. Map: as Workers, but pieces that are in the page cache are
+    // reduced straight from a memory map of the file (no copy; see mapped_file.hpp for truncation).
+    // Auto: Map when most of the data is cached (Workers for byte-swapped files), else Thread.
     // The result is the same in every mode.
-    enum class ReaderMode : int { Auto = 0, Thread = 1, Workers = 2 };
+    enum class ReaderMode : int { Auto = 0, Thread = 1, Workers = 2, Map = 3 };
     ReaderMode reader_mode = ReaderMode::Auto;
 };
 
@@ -119,18 +124,34 @@ public:
         const int64_t piece_states = (s_.keep[0] ? max_rows_ : 1) * inner_states_;
         const int threads = std::max(1, s_.threads);
         int workers = static_cast<int>(std::min<int64_t>(threads, n));
-        if (static_cast<int64_t>(sizeof(MomentState)) * piece_states * workers > (int64_t(64) << 20))
+        // Finished pieces wait in a window of result slots until the pieces before them are merged.
+        if (static_cast<int64_t>(sizeof(MomentState)) * piece_states * 4 * workers > (int64_t(64) << 20))
             workers = 1;
         inner_threads_ = workers == 1 ? threads : 1;
         workers_ = workers;
+        window_ = workers == 1 ? 1 : 4 * workers;
+        try {
+            results_.assign(static_cast<size_t>(window_) * static_cast<size_t>(piece_states), MomentState{});
+        } catch (const std::bad_alloc&) {
+            return os_error(ENOMEM, "cannot allocate piece states for");
+        }
+        result_ready_.assign(window_, 0);
+        result_for_.resize(window_);
+        for (int i = 0; i < window_; ++i) result_for_[i] = i;
+        merging_ = false;
+        release_off_ = release_len_ = 0;
         find_cached_pieces(static_cast<int64_t>(st.st_size));
         reader_thread_ = s_.reader_mode == StreamSpec::ReaderMode::Thread;
+        use_map_ = s_.reader_mode == StreamSpec::ReaderMode::Map;
         if (s_.reader_mode == StreamSpec::ReaderMode::Auto) {
             int64_t cached = 0;
             for (int64_t k = 0; k < n; ++k)
                 if (was_cached_[k]) cached += s_.pieces[k].rows * slice_bytes_;
             reader_thread_ = 2 * cached < total_bytes_;
+            use_map_ = !reader_thread_;
         }
+        // A failed map (address space, no free slot) falls back to reading.
+        use_map_ = use_map_ && !s_.byteswap && mapped_.map(fd_, end) == 0;
         nslots_ = reader_thread_ ? workers + 2 : workers;
         const int64_t buf_bytes = round_up(std::max<int64_t>(1, max_rows_ * slice_bytes_), page_);
         buffers_.clear();
@@ -174,6 +195,7 @@ public:
         }
         wake_all();
         for (auto& t : pool) t.join();
+        mapped_.unmap();
         // Second pass: pages still queued on another CPU's LRU list escaped the first DONTNEED.
         for (int64_t k = 0; k < n; ++k)
             if (!was_cached_[k]) {
@@ -232,12 +254,14 @@ private:
 
     // was_cached_[k]: every page of piece k was in the page cache before this run. Decided up
     // front because the kernel's read-ahead (often several MiB) fills later pieces while earlier
-    // ones are read. mincore on an untouched mapping reads nothing, so a concurrently truncated
-    // file cannot fault here; windows of at most 256 MiB bound the residency vector.
+    // ones are read. cachestat (Linux 6.5+) counts a piece's cached pages folio by folio; older
+    // kernels get mincore on an untouched mapping (a lookup per page), which reads nothing, so a
+    // concurrently truncated file cannot fault there; windows of at most 256 MiB bound its vector.
     void find_cached_pieces(int64_t file_size) {
         const int64_t n = static_cast<int64_t>(s_.pieces.size());
-        const int64_t file_end = round_up(file_size, page_);
         was_cached_.assign(static_cast<size_t>(n), 0);
+        if (cached_by_cachestat()) return;
+        const int64_t file_end = round_up(file_size, page_);
         std::vector<unsigned char> vec;
         int64_t wa = 0, wb = 0;  // current window [wa, wb), page aligned
         bool have = false;
@@ -265,6 +289,31 @@ private:
             for (int64_t i = (a - wa) / page_, e = (a + l - wa) / page_; all && i < e; ++i) all = (vec[i] & 1) != 0;
             was_cached_[k] = all;
         }
+    }
+
+    // false when the kernel has no cachestat (or a sandbox forbids it).
+    bool cached_by_cachestat() {
+#if defined(__linux__) && (defined(__x86_64__) || defined(__aarch64__))
+        struct Range { uint64_t off, len; };
+        struct Stat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+        constexpr long kCachestat = 451;  // same number on x86_64 and arm64
+        const int64_t n = static_cast<int64_t>(s_.pieces.size());
+        for (int64_t k = 0; k < n; ++k) {
+            int64_t a, l;
+            page_range(s_.pieces[k].offset, s_.pieces[k].rows * slice_bytes_, a, l);
+            if (l <= 0) { was_cached_[k] = 1; continue; }
+            Range r{static_cast<uint64_t>(a), static_cast<uint64_t>(l)};
+            Stat st{};
+            if (::syscall(kCachestat, fd_, &r, &st, 0) != 0) {
+                if (k == 0) return false;
+                continue;  // unknown: not cached
+            }
+            was_cached_[k] = static_cast<int64_t>(st.nr_cache) * page_ >= l;
+        }
+        return true;
+#else
+        return false;
+#endif
     }
 
     void reader(int64_t n) {
@@ -301,13 +350,16 @@ private:
                 return false;
             }
             if (r == 0) {
-                struct stat st;
-                const int64_t have = ::fstat(fd_, &st) == 0 ? static_cast<int64_t>(st.st_size) : off + got;
-                fail(truncated(off + len, have));
+                fail(truncated_now(off + len));
                 return false;
             }
             got += r;
         }
+        return delay();
+    }
+
+    // Sleeps read_delay (tests only); false when cancelled.
+    bool delay() {
         if (s_.read_delay > 0) {
             const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(s_.read_delay);
             while (std::chrono::steady_clock::now() < until) {
@@ -316,6 +368,12 @@ private:
             }
         }
         return !cancel_.load();
+    }
+
+    StreamResult truncated_now(int64_t need) const {
+        struct stat st;
+        const int64_t have = ::fstat(fd_, &st) == 0 ? static_cast<int64_t>(st.st_size) : -1;
+        return truncated(need, have);
     }
 
     void byteswap(char* p, int64_t bytes) const {
@@ -329,7 +387,6 @@ private:
     }
 
     void worker(int64_t n, MomentState* out, int64_t piece_states, int index) {
-        std::vector<MomentState> local(static_cast<size_t>(piece_states));
         const int nd = 1 + static_cast<int>(s_.tail.size());
         std::vector<int64_t> shape(nd), strides(nd);
         std::unique_ptr<bool[]> keep(new bool[nd]);
@@ -347,8 +404,21 @@ private:
             const Piece& pc = s_.pieces[k];
             const int64_t bytes = pc.rows * slice_bytes_;
             const int slot = reader_thread_ ? static_cast<int>(k % nslots_) : index;
+            const int rs = static_cast<int>(k % window_);
+            {
+                // Result slot rs is free once piece k - window_ has been merged.
+                std::unique_lock<std::mutex> lock(mu_);
+                worker_cv_.wait(lock, [&] { return cancel_ || result_for_[rs] == k; });
+                if (cancel_) return;
+            }
+            MomentState* local = results_.data() + static_cast<size_t>(rs) * static_cast<size_t>(piece_states);
             char* buf = buffers_[slot].get();
-            if (reader_thread_) {
+            const char* data = buf;
+            const bool mapped = use_map_ && was_cached_[k];
+            if (mapped) {
+                if (!delay()) return;
+                data = mapped_.at(pc.offset);
+            } else if (reader_thread_) {
                 std::unique_lock<std::mutex> lock(mu_);
                 worker_cv_.wait(lock, [&] { return cancel_ || slot_ready_[slot] == k; });
                 if (cancel_) return;
@@ -361,12 +431,9 @@ private:
             }
             if (s_.byteswap) byteswap(buf, bytes);
             shape[0] = pc.rows;
-            const int64_t nstates = (keep[0] ? pc.rows : 1) * inner_states_;
-            bool empty = false;
-            for (int i = 0; i < nd; ++i) empty = empty || shape[i] == 0;
-            if (!empty) {
+            if (!piece_empty(k)) {
                 try {
-                    reduce_(buf, s_.dtype, nd, shape.data(), strides.data(), keep.get(), local.data(), opt);
+                    reduce_(data, s_.dtype, nd, shape.data(), strides.data(), keep.get(), local, opt);
                 } catch (const std::exception& e) {
                     StreamResult r;
                     r.kind = StreamResult::OsError;
@@ -376,7 +443,12 @@ private:
                     return;
                 }
             }
-            if (!was_cached_[k]) {
+            if (mapped) {
+                if (mapped_.faulted()) {  // the file shrank under the map: zeros were read
+                    fail(truncated_now(pc.offset + bytes));
+                    return;
+                }
+            } else if (!was_cached_[k]) {
                 int64_t a, l;
                 page_range(pc.offset, bytes, a, l);
                 ::posix_fadvise(fd_, a, l, POSIX_FADV_DONTNEED);
@@ -388,22 +460,61 @@ private:
                     slot_free_for_[slot] = k + nslots_;
                     reader_cv_.notify_all();
                 }
-                // Merge in piece order: the result is the same for any number of workers.
-                worker_cv_.wait(lock, [&] { return cancel_ || merged_ == k; });
-                if (cancel_) return;
-            }
-            if (!empty) {
-                MomentState* o = out + pc.out_base;
-                for (int64_t i = 0; i < nstates; ++i) o[i] = combine(o[i], local[i]);
-            }
-            {
-                std::lock_guard<std::mutex> lock(mu_);
-                merged_ = k + 1;
-                done_bytes_ += bytes;
+                result_ready_[rs] = 1;
+                if (!merging_) merge_ready(lock, n, out, piece_states);
             }
             worker_cv_.notify_all();
             driver_cv_.notify_all();
         }
+    }
+
+    // Drops the page-table entries of merged mapped pieces (the page cache keeps the pages), in
+    // batches of 64 MiB: one call, one TLB shootdown per batch instead of per piece.
+    void release_mapped(int64_t offset, int64_t len, bool last) {
+        constexpr int64_t kBatch = int64_t(64) << 20;
+        if (release_len_ > 0 && offset != release_off_ + release_len_) {
+            mapped_.release(release_off_, release_len_);
+            release_len_ = 0;
+        }
+        if (release_len_ == 0) release_off_ = offset;
+        release_len_ += len;
+        if (release_len_ >= kBatch || last) {
+            mapped_.release(release_off_, release_len_);
+            release_len_ = 0;
+        }
+    }
+
+    bool piece_empty(int64_t k) const {
+        if (s_.pieces[k].rows == 0) return true;
+        for (int64_t t : s_.tail)
+            if (t == 0) return true;
+        return false;
+    }
+
+    // Merges finished pieces into `out` strictly in piece order (the result is the same for any
+    // number of workers and any finishing order), one merger at a time, outside the lock.
+    void merge_ready(std::unique_lock<std::mutex>& lock, int64_t n, MomentState* out, int64_t piece_states) {
+        merging_ = true;
+        while (merged_ < n && !cancel_) {
+            const int64_t m = merged_;
+            const int rs = static_cast<int>(m % window_);
+            if (!result_ready_[rs] || result_for_[rs] != m) break;
+            lock.unlock();
+            const Piece& pc = s_.pieces[m];
+            if (!piece_empty(m)) {
+                const MomentState* local = results_.data() + static_cast<size_t>(rs) * static_cast<size_t>(piece_states);
+                const int64_t nstates = (s_.keep[0] ? pc.rows : 1) * inner_states_;
+                MomentState* o = out + pc.out_base;
+                for (int64_t i = 0; i < nstates; ++i) o[i] = combine(o[i], local[i]);
+            }
+            if (use_map_ && was_cached_[m]) release_mapped(pc.offset, pc.rows * slice_bytes_, m + 1 == n);
+            lock.lock();
+            result_ready_[rs] = 0;
+            result_for_[rs] = m + window_;
+            merged_ = m + 1;
+            done_bytes_ += pc.rows * slice_bytes_;
+        }
+        merging_ = false;
     }
 
     const StreamSpec& s_;
@@ -411,7 +522,13 @@ private:
     int64_t item_ = 1, slice_bytes_ = 1, inner_states_ = 1, max_rows_ = 0, total_bytes_ = 0, page_ = 4096;
     int fd_ = -1;
     int nslots_ = 3, inner_threads_ = 1, workers_ = 1;
-    bool reader_thread_ = true;
+    bool reader_thread_ = true, use_map_ = false, merging_ = false;
+    int window_ = 1;
+    int64_t release_off_ = 0, release_len_ = 0;
+    std::vector<MomentState> results_;
+    std::vector<char> result_ready_;
+    std::vector<int64_t> result_for_;
+    MappedFile mapped_;
     std::vector<std::unique_ptr<char, decltype(&std::free)>> buffers_;
     std::vector<int64_t> slot_ready_, slot_free_for_;
     std::vector<char> was_cached_;
