@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default=None, help="where to write the file (default: temp dir)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="cached runs: best of N")
+    ap.add_argument("--cold-repeat", type=int, default=2,
+                    help="cold runs: dd and fastmoments alternate N times, best of N each")
     ap.add_argument("--drop-caches", action="store_true",
                     help="also write /proc/sys/vm/drop_caches (needs root)")
     ap.add_argument("--numpy-max-mb", type=float, default=4096.0,
@@ -144,8 +146,8 @@ def main(argv=None) -> int:
                          "pieces, or workers reducing cached pieces from a memory map "
                          "(default: the library's choice)")
     args = ap.parse_args(argv)
-    if args.size_mb <= 0 or args.features <= 0:
-        ap.error("--size-mb and --features must be positive")
+    if args.size_mb <= 0 or args.features <= 0 or args.repeat < 1 or args.cold_repeat < 1:
+        ap.error("--size-mb, --features, --repeat and --cold-repeat must be positive")
     if args.reader is not None:
         from fastmoments import _stream
         _stream.READER_MODE = None if args.reader == "auto" else args.reader
@@ -160,13 +162,22 @@ def main(argv=None) -> int:
     rowsout = []
     try:
         # ---- cold ----
-        drop_file_pages(path, args.drop_caches)
-        t_dd = dd(path)
-        drop_file_pages(path, args.drop_caches)
-        with AnonPeak() as mem_cold:
-            t_cold, r = timed(lambda: fastmoments.compute(path, threads=args.threads))
-        left = cached_fraction(path)
-        rowsout.append(("cold", "dd bs=8M", gb / t_dd, ""))
+        # A virtual disk's speed swings between consecutive reads: dd and fastmoments alternate
+        # `--cold-repeat` times and each keeps its best time, as the cached rows do.
+        t_dd = t_cold = float("inf")
+        mem_cold = None
+        for _ in range(args.cold_repeat):
+            drop_file_pages(path, args.drop_caches)
+            t_dd = min(t_dd, dd(path))
+            drop_file_pages(path, args.drop_caches)
+            if mem_cold is None:
+                with AnonPeak() as mem_cold:
+                    t, r = timed(lambda: fastmoments.compute(path, threads=args.threads))
+                left = cached_fraction(path)
+            else:
+                t, _ = timed(lambda: fastmoments.compute(path, threads=args.threads))
+            t_cold = min(t_cold, t)
+        rowsout.append(("cold", "dd bs=8M", gb / t_dd, f"best of {args.cold_repeat}"))
         rowsout.append(("cold", "fastmoments.compute(path)", gb / t_cold,
                         f"{t_dd / t_cold:.2f}x dd; anon +{mem_cold.growth_mib:.0f} MiB; "
                         f"{100 * left:.0f}% of file left cached"))
