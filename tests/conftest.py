@@ -84,8 +84,8 @@ def is_float(dtype: np.dtype) -> bool:
 
 
 def is_exact_int(dtype: np.dtype) -> bool:
-    """Dtypes the kernel sums exactly in integers (bool and up to 32 bits)."""
-    return dtype.kind == "b" or (dtype.kind in "iu" and dtype.itemsize <= 4)
+    """Dtypes the kernel sums exactly in integers (bool and every integer type)."""
+    return dtype.kind in "biu"
 
 
 def supported_isas():

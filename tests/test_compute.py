@@ -10,6 +10,8 @@ import sys
 import threading
 import warnings
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -70,11 +72,6 @@ def _reference_and_tolerance(dtype):
             return exact_reference(x, axis)
 
         return ref, dict(mean_rtol=1e-15, m2_rtol=1e-15, scale_atol=0.0)
-    if dtype.kind in "iu":  # 64-bit integers: float64 shifted sums (not exact; see report)
-        def ref(x, axis, nan_policy):
-            return exact_reference(x, axis)
-
-        return ref, dict(mean_rtol=8 * EPS64, m2_rtol=1e-12, scale_atol=32 * EPS64)
 
     def ref(x, axis, nan_policy):
         return reference(x, axis, nan_policy)
@@ -317,6 +314,32 @@ def test_bar_integers_exact(dtype, shape, monkeypatch):
             assert relative_error(r.mean, ref.mean) <= 1e-15
             assert relative_error(r.m2, ref.m2) <= 1e-15
             assert relative_error(r.variance, ref.variance()) <= 1e-15
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_64bit_integers_exact_over_full_range(dtype, monkeypatch):
+    """Sums of 64-bit values and their squares (up to 2^128 each) are exact: mean and M2 round
+    once, even across the whole range, where float64 sums would lose the low bits."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(11)
+    cases = [rng.integers(info.min, info.max, size=(20_000, 3), dtype=dtype, endpoint=True),
+             # a narrow spread far from zero: 2^62 + small integers (float64 spacing there is 1024)
+             (np.asarray(2**62, dtype) + rng.integers(0, 1000, size=(20_000, 3)).astype(dtype)),
+             np.full((5, 2), info.max, dtype), np.full((5, 2), info.min, dtype)]
+    for x in cases:
+        cols = [[int(v) for v in x[:, j]] for j in range(x.shape[1])]
+        n = x.shape[0]
+        for name in [i for i in ISAS if i in supported_isas()]:
+            monkeypatch.setenv("FASTMOMENTS_ISA", name)
+            for axis in (-1, 0):
+                r = fastmoments.compute(x if axis == -1 else x.T, axis=axis)
+                for j, col in enumerate(cols):
+                    s1 = sum(col)
+                    mean = Fraction(s1, n)
+                    m2 = Fraction(sum(v * v for v in col)) - Fraction(s1 * s1, n)
+                    where = (name, axis, j)
+                    assert abs(Fraction(r.mean[j]) - mean) <= abs(mean) / 2**52, where
+                    assert abs(Fraction(r.m2[j]) - m2) <= m2 / 2**50, where
 
 
 def test_integers_exact_small_spread():

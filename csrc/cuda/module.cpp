@@ -161,7 +161,7 @@ py::tuple to_numpy(const Shape& s, DType dtype, const std::vector<unsigned char>
             IntegerSums sums;
             sums.count = e.count;
             sums.s1 = e.s1;
-            sums.s2 = e.s2;
+            sums.s2 = UInt192(static_cast<u128>(e.s2));
             st = finish(sums);
         } else {
             std::memcpy(&st, host.data() + i * sizeof(MomentState), sizeof st);

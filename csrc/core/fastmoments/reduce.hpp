@@ -22,6 +22,7 @@
 #include "dtypes.hpp"
 #include "layout.hpp"
 #include "state.hpp"
+#include "wide_int.hpp"
 #if defined(FM_ISA_AVX2)
 #include "simd_avx2.hpp"
 #endif
@@ -40,12 +41,17 @@ struct ReduceOptions {
     double poll_seconds = 0.1;
 };
 
-// Exact integer sums of a set of integers.
+// Exact integer sums of a set of integers (any integer type up to 64 bits, up to 2^62 values).
 struct IntegerSums {
     int64_t count = 0;
-    __int128 s1 = 0;
-    __int128 s2 = 0;
+    i128 s1 = 0;
+    UInt192 s2;
 };
+
+// Integer dtypes the CPU kernels sum exactly: all of them (64-bit ones in 128/192-bit sums).
+template <class T>
+inline constexpr bool exact_sums_v =
+    element_traits<T>::exact_integer || std::is_same_v<T, int64_t> || std::is_same_v<T, uint64_t>;
 
 inline namespace FM_ISA_NAMESPACE {
 
@@ -56,25 +62,30 @@ constexpr int64_t kTaskValues = 1 << 20;    // values per task (unit of thread s
 constexpr int64_t kWaveTasks = 256;         // tasks whose states are held before merging
 
 inline IntegerSums combine(const IntegerSums& a, const IntegerSums& b) {
-    return IntegerSums{a.count + b.count, a.s1 + b.s1, a.s2 + b.s2};
+    IntegerSums r{a.count + b.count, a.s1 + b.s1, a.s2};
+    r.s2.add(b.s2);
+    return r;
 }
 
 // Exact sums -> state, rounding once: with m = round(mean), A = sum((x - m)^2) is an exact
 // integer and m2 = A - r^2/n with r = sum(x) - n*m, |r| <= n/2, so the subtraction loses at most
-// a factor 2 (integers spread at least r/n * (1 - r/n)).
+// a factor 2 (integers spread at least r/n * (1 - r/n)). A = s2 - m * (s1 + r) takes 256 bits
+// for 64-bit data (s2 < 2^190); m itself may need 64 bits, so its rounding goes into mean_lo.
 inline MomentState finish(const IntegerSums& s) {
     MomentState st;
     if (s.count == 0) return st;
-    const __int128 n = s.count;
-    __int128 m = s.s1 / n;  // truncates towards zero
-    __int128 r = s.s1 - m * n;
+    const i128 n = s.count;
+    i128 m = s.s1 / n;  // truncates towards zero
+    i128 r = s.s1 - m * n;
     if (2 * r > n) { m += 1; r -= n; }
     if (-2 * r > n) { m -= 1; r += n; }
-    const __int128 a = s.s2 - 2 * m * s.s1 + m * m * n;
+    const double a = (Int256::from(s.s2) - Int256::product(m, s.s1 + r)).to_double();
     const double rd = static_cast<double>(r);
+    const double mh = static_cast<double>(m);
+    const double ml = static_cast<double>(m - static_cast<i128>(mh));  // exact: |m - mh| <= 2^11
     st.count = s.count;
-    set_mean(st, static_cast<double>(m), rd / static_cast<double>(s.count));
-    st.m2 = static_cast<double>(a) - rd * rd / static_cast<double>(s.count);
+    set_mean(st, mh, ml + rd / static_cast<double>(s.count));
+    st.m2 = a - rd * rd / static_cast<double>(s.count);
     if (st.m2 < 0.0) st.m2 = 0.0;
     return st;
 }
@@ -138,9 +149,8 @@ struct FloatLanes {
         // side by side (fewer accumulator stores, but interleaved streams the prefetcher loses).
         if constexpr (!Omit) {
             // Pairs of rows r and r + n/2: two long in-order streams and half the accumulator
-            // traffic (0.80 vs 0.70 of the read loop on (N, 256) float32). int64/uint64 keep one
-            // row per pass: their float64 sums round at 2^53, and the tests pin that order's error.
-            const int64_t half = std::is_integral_v<T> ? 0 : nrows / 2;
+            // traffic (0.80 vs 0.70 of the read loop on (N, 256) float32).
+            const int64_t half = nrows / 2;
             for (; r < half; ++r) {
                 const char* p0 = rows[r];
                 const char* p1 = rows[r + half];
@@ -203,22 +213,41 @@ struct FloatLanes {
 };
 
 // Narrowest exact accumulators: 8-bit values and squares sum in int32 over at most 2^15 rows
-// (2^15 * 255^2 < 2^31); 16-bit values in int32, squares in int64; 32-bit squares need 128 bits.
+// (2^15 * 255^2 < 2^31); 16-bit values in int32, squares in int64; 32-bit squares need 128 bits;
+// 64-bit values sum in 128 bits and their squares (up to 2^128 each) in 192.
 template <class T>
 struct narrow_sums {
-    using s1 = std::conditional_t<(sizeof(T) <= 2), int32_t, int64_t>;
+    using s1 = std::conditional_t<(sizeof(T) <= 2), int32_t,
+                                  std::conditional_t<(sizeof(T) == 4), int64_t, i128>>;
     using s2 = std::conditional_t<(sizeof(T) == 1), int32_t,
-                                  std::conditional_t<(sizeof(T) == 2), int64_t, __int128>>;
-    // exact x*x + y*y: 8-bit in int32, 16-bit in int64, 32-bit (uint32^2 > 2^63) in 128 bits
-    using square = std::conditional_t<(sizeof(T) == 1), int32_t,
-                                      std::conditional_t<(sizeof(T) == 2), int64_t, __int128>>;
+                                  std::conditional_t<(sizeof(T) == 2), int64_t,
+                                                     std::conditional_t<(sizeof(T) == 4), i128, UInt192>>>;
 };
+
+// acc += v*v + w*w, exactly: 8-bit in int32, 16-bit in int64, 32-bit (uint32^2 > 2^63) in 128
+// bits, 64-bit squares (< 2^128) one at a time into 192 bits.
+template <class S2, class S1>
+inline void add_squares(S2& acc, S1 v, S1 w) {
+    if constexpr (std::is_same_v<S2, UInt192>) {
+        const u128 a = v < 0 ? u128(0) - static_cast<u128>(v) : static_cast<u128>(v);
+        const u128 b = w < 0 ? u128(0) - static_cast<u128>(w) : static_cast<u128>(w);
+        acc.add(a * a);
+        acc.add(b * b);
+    } else {
+        using Sq = std::conditional_t<(sizeof(S2) < sizeof(S1)), S1, S2>;
+        acc += static_cast<S2>(static_cast<Sq>(v) * v + static_cast<Sq>(w) * w);
+    }
+}
+
+// Partial sums of squares (all non-negative) into IntegerSums::s2.
+inline void add_s2(UInt192& acc, const UInt192& v) { acc.add(v); }
+template <class S2>
+inline void add_s2(UInt192& acc, S2 v) { acc.add(static_cast<u128>(v)); }
 
 template <class T, bool Contig>
 struct IntegerLanes {
     using S1 = typename narrow_sums<T>::s1;
     using S2 = typename narrow_sums<T>::s2;
-    using Sq = typename narrow_sums<T>::square;
     std::vector<S1> s1;
     std::vector<S2> s2;
     explicit IntegerLanes(int64_t lanes) : s1(lanes), s2(lanes) {}
@@ -242,7 +271,7 @@ struct IntegerLanes {
                const double* /*col_shift: exact sums need none*/) {
         S1* __restrict a1 = s1.data();
         S2* __restrict a2 = s2.data();
-        for (int64_t l = 0; l < lanes; ++l) a1[l] = 0, a2[l] = 0;
+        for (int64_t l = 0; l < lanes; ++l) a1[l] = 0, a2[l] = S2{};
         int64_t first = 0;  // lanes below this were done by a SIMD loop
 #if defined(FM_ISA_AVX2)
         if constexpr (Contig && sizeof(T) == 1)
@@ -262,15 +291,15 @@ struct IntegerLanes {
                 const S1 v0 = value(p0, l, ls), v1 = value(p1, l, ls);
                 const S1 v2 = value(p2, l, ls), v3 = value(p3, l, ls);
                 a1[l] += (v0 + v1) + (v2 + v3);
-                a2[l] += static_cast<S2>(static_cast<Sq>(v0) * v0 + static_cast<Sq>(v1) * v1) +
-                         static_cast<S2>(static_cast<Sq>(v2) * v2 + static_cast<Sq>(v3) * v3);
+                add_squares(a2[l], v0, v1);
+                add_squares(a2[l], v2, v3);
             }
         }
         for (; r < nrows; ++r)
             for (int64_t l = first; l < lanes; ++l) {
                 const S1 v = value(rows[r], l, ls);
                 a1[l] += v;
-                a2[l] += static_cast<S2>(static_cast<Sq>(v) * v);
+                add_squares(a2[l], v, S1(0));
             }
         flush(nrows, lanes, acc);
     }
@@ -279,7 +308,7 @@ struct IntegerLanes {
         for (int64_t l = 0; l < lanes; ++l) {
             acc[l].count += nrows;
             acc[l].s1 += s1[l];
-            acc[l].s2 += s2[l];
+            add_s2(acc[l].s2, s2[l]);
         }
     }
 };
@@ -360,21 +389,23 @@ struct FloatRun {
 
 template <class T, bool Contig>
 struct IntegerRun {
-    using sq = std::conditional_t<(sizeof(T) <= 2), int64_t, __int128>;
-    int64_t a1[8];
+    using S1 = std::conditional_t<(sizeof(T) == 8), i128, int64_t>;
+    using sq = std::conditional_t<(sizeof(T) <= 2), int64_t,
+                                  std::conditional_t<(sizeof(T) == 4), i128, UInt192>>;
+    S1 a1[8];
     sq a2[8];
 
     void start() {
-        for (int k = 0; k < 8; ++k) a1[k] = 0, a2[k] = 0;
+        for (int k = 0; k < 8; ++k) a1[k] = 0, a2[k] = sq{};
     }
 
     void run(const char* p, int64_t n, int64_t stride) {
-        auto value = [&](int64_t i) -> int64_t {
-            if constexpr (Contig) return static_cast<int64_t>(reinterpret_cast<const T*>(p)[i]);
-            else return static_cast<int64_t>(load_at<T>(p + i * stride));
+        auto value = [&](int64_t i) -> S1 {
+            if constexpr (Contig) return static_cast<S1>(reinterpret_cast<const T*>(p)[i]);
+            else return static_cast<S1>(load_at<T>(p + i * stride));
         };
         // Local copies: `p` is a char pointer and may alias members as far as the compiler knows.
-        int64_t b1[8];
+        S1 b1[8];
         sq b2[8];
         for (int k = 0; k < 8; ++k) b1[k] = a1[k], b2[k] = a2[k];
         int64_t i = 0;
@@ -388,28 +419,28 @@ struct IntegerRun {
 #endif
         for (; i + 8 <= n; i += 8)
             for (int k = 0; k < 8; ++k) {
-                const int64_t v = value(i + k);
+                const S1 v = value(i + k);
                 b1[k] += v;
-                b2[k] += static_cast<sq>(v) * v;
+                add_squares(b2[k], v, S1(0));
             }
         for (; i < n; ++i) {
-            const int64_t v = value(i);
+            const S1 v = value(i);
             b1[0] += v;
-            b2[0] += static_cast<sq>(v) * v;
+            add_squares(b2[0], v, S1(0));
         }
         for (int k = 0; k < 8; ++k) a1[k] = b1[k], a2[k] = b2[k];
     }
 
     void add_to(IntegerSums& acc, int64_t n) const {
         acc.count += n;
-        for (int k = 0; k < 8; ++k) acc.s1 += a1[k], acc.s2 += a2[k];
+        for (int k = 0; k < 8; ++k) acc.s1 += a1[k], add_s2(acc.s2, a2[k]);
     }
 };
 
 // ---- the driver --------------------------------------------------------------------------------
 
 template <class T>
-using accumulator_t = std::conditional_t<element_traits<T>::exact_integer, IntegerSums, MomentState>;
+using accumulator_t = std::conditional_t<exact_sums_v<T>, IntegerSums, MomentState>;
 
 // Per-column geometry shared by both modes.
 struct ColumnGrid {
@@ -427,7 +458,7 @@ template <class T, bool Omit>
 class Reducer {
 public:
     using Acc = accumulator_t<T>;
-    static constexpr bool kExact = element_traits<T>::exact_integer;
+    static constexpr bool kExact = exact_sums_v<T>;
 
     Reducer(const char* data, const Plan& plan) : data_(data + plan.base_offset), plan_(plan) {
         Odometer cols(plan.columns), rows(plan.rows);
@@ -745,7 +776,7 @@ inline Status reduce(const void* data, DType dtype, int ndim, const int64_t* sha
     return visit_dtype(dtype, [&](auto tag) -> Status {
         using T = decltype(tag);
         const char* p = static_cast<const char*>(data);
-        if (opt.nan_policy == NanPolicy::Omit && !element_traits<T>::exact_integer)
+        if (opt.nan_policy == NanPolicy::Omit && !exact_sums_v<T>)
             return Reducer<T, true>(p, plan).run(out, opt);
         return Reducer<T, false>(p, plan).run(out, opt);
     });
