@@ -164,19 +164,6 @@ public:
         if (b > a) ::madvise(base_ + a, static_cast<size_t>(b - a), MADV_DONTNEED);
     }
 
-    // Maps [offset, offset + len) now, in one call, instead of page fault by page fault.
-    // false when part of it is beyond the end of the file (the caller reports the truncation).
-    bool populate(int64_t offset, int64_t len) const {
-#ifdef MADV_POPULATE_READ
-        const int64_t page = ::sysconf(_SC_PAGESIZE);
-        int64_t a = offset / page * page;
-        int64_t b = std::min<int64_t>(static_cast<int64_t>(length_), offset + len);
-        if (b > a && ::madvise(base_ + a, static_cast<size_t>(b - a), MADV_POPULATE_READ) != 0)
-            return errno != EFAULT;  // EINVAL/ENOSYS (older kernel): the loads fault pages in
-#endif
-        return true;
-    }
-
     void unmap() {
         if (slot_ >= 0) {
             sigbus_detail::Registry& r = sigbus_detail::registry();
