@@ -338,6 +338,24 @@ def test_mapped_file_truncated_under_the_kernel(tmp_path, monkeypatch):
     check(fastmoments.compute(path, threads=2), x, -1)
 
 
+def test_concurrent_mapped_reads(tmp_path, monkeypatch):
+    """Python threads reducing cached files at once each get their own guarded map."""
+    import concurrent.futures
+    monkeypatch.setattr(_stream, "READER_MODE", "map")
+    monkeypatch.setattr(_stream, "BLOCK_BYTES", 1 << 14)
+    xs = [make((4000, 6), np.float64, loc=10.0 * k) for k in range(3)]
+    for k, x in enumerate(xs):
+        np.save(tmp_path / f"x{k}.npy", x)
+    want = [fastmoments.compute(tmp_path / f"x{k}.npy") for k in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda k: fastmoments.compute(tmp_path / f"x{k % 3}.npy", threads=2),
+                            range(24)))
+    for k, r in enumerate(got):
+        assert r == want[k % 3]
+    for k, x in enumerate(xs):
+        check(want[k], x, -1)
+
+
 def test_foreign_sigbus_still_fatal(tmp_path):
     """The SIGBUS handler forwards faults outside fastmoments' maps: a program that reads past the
     end of its own truncated map still dies of SIGBUS."""
