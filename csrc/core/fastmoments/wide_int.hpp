@@ -18,8 +18,7 @@ struct UInt192 {
     explicit UInt192(u128 v) : lo(v) {}
 
     void add(u128 v) {
-        lo += v;
-        hi += lo < v;  // carry out of the low 128 bits
+        hi += __builtin_add_overflow(lo, v, &lo);  // carry out of the low 128 bits
     }
     void add(const UInt192& o) {
         add(o.lo);
