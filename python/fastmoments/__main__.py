@@ -282,20 +282,18 @@ DEMO_MEAN, DEMO_STD = 1000.0, 10.0
 
 
 def make_demo_file(path: str, rows: int, seed: int = 0, block_rows: int = 1 << 15) -> None:
-    """float32 (rows, 256) ~ N(1000, 10), written block by block (bounded memory)."""
+    """float32 (rows, 256) ~ N(1000, 10), written block by block (bounded memory) with plain
+    write() calls, the way ``np.save`` writes a file."""
     rng = np.random.default_rng(seed)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
-                                    shape=(rows, DEMO_FEATURES))
-    try:
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_2_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (rows, DEMO_FEATURES)})
         for start in range(0, rows, block_rows):
             n = min(block_rows, rows - start)
             block = rng.standard_normal((n, DEMO_FEATURES), dtype=np.float32)
             block *= np.float32(DEMO_STD)
             block += np.float32(DEMO_MEAN)
-            out[start:start + n] = block
-        out.flush()
-    finally:
-        del out
+            f.write(block.tobytes())
 
 
 def reference_variance(path: str, block_rows: int = 1 << 14) -> Tuple[np.ndarray, np.ndarray]:
