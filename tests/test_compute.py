@@ -326,6 +326,13 @@ def test_64bit_integers_exact_over_full_range(dtype, monkeypatch):
              # a narrow spread far from zero: 2^62 + small integers (float64 spacing there is 1024)
              (np.asarray(2**62, dtype) + rng.integers(0, 1000, size=(20_000, 3)).astype(dtype)),
              np.full((5, 2), info.max, dtype), np.full((5, 2), info.min, dtype)]
+    # Small values (the int64 fast path) with large ones sprinkled in, and values at the edges of
+    # the fast path (|v| around 2^25); more than 4096 small rows per chunk.
+    mixed = rng.integers(-1000 if info.min < 0 else 0, 1000, size=(20_000, 3)).astype(dtype)
+    mixed[::997] = np.asarray(info.max - 5, dtype)
+    edges = np.array([2**25 - 1, 2**25, 2**25 + 1] + ([-2**25, -2**25 - 1, -2**25 + 1]
+                                                         if info.min < 0 else [0, 1, 2]), dtype)
+    cases += [mixed, np.resize(edges, (9_000, 3)), np.resize(edges[::-1], (9_000, 3))]
     for x in cases:
         cols = [[int(v) for v in x[:, j]] for j in range(x.shape[1])]
         n = x.shape[0]

@@ -246,13 +246,72 @@ inline void add_s2(UInt192& acc, const UInt192& v) { acc.add(v); }
 template <class S2>
 inline void add_s2(UInt192& acc, S2 v) { acc.add(static_cast<u128>(v)); }
 
+// 64-bit integers: rows (or blocks) whose values all lie in [-2^25, 2^25) are summed in int64
+// (squares < 2^50; flushed every kSmallRows rows, so sums stay below 2^62), the rest in 128/192
+// bits. Both are exact; the split only saves the wide arithmetic on typical small values.
+constexpr int64_t kSmallRows = 4096;
+
+template <class T>
+inline uint64_t small_misfit(T v) {  // 0 when |v| fits the int64 fast path
+    if constexpr (std::is_signed_v<T>)
+        return (static_cast<uint64_t>(v) + (uint64_t(1) << 25)) >> 26;
+    else
+        return static_cast<uint64_t>(v) >> 25;
+}
+
 template <class T, bool Contig>
 struct IntegerLanes {
     using S1 = typename narrow_sums<T>::s1;
     using S2 = typename narrow_sums<T>::s2;
     std::vector<S1> s1;
     std::vector<S2> s2;
-    explicit IntegerLanes(int64_t lanes) : s1(lanes), s2(lanes) {}
+    std::vector<int64_t> t1, t2;  // 64-bit types: int64 sums of the rows with small values
+    explicit IntegerLanes(int64_t lanes) : s1(lanes), s2(lanes) {
+        if constexpr (sizeof(T) == 8) t1.resize(lanes), t2.resize(lanes);
+    }
+
+    static T raw(const char* row, int64_t l, int64_t ls) {
+        if constexpr (Contig) return reinterpret_cast<const T*>(row)[l];
+        else return load_at<T>(row + l * ls);
+    }
+
+    void chunk64(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls, IntegerSums* acc) {
+        S1* __restrict a1 = s1.data();
+        S2* __restrict a2 = s2.data();
+        int64_t* __restrict b1 = t1.data();
+        int64_t* __restrict b2 = t2.data();
+        for (int64_t l = 0; l < lanes; ++l) a1[l] = 0, a2[l] = S2{}, b1[l] = 0, b2[l] = 0;
+        int64_t small_rows = 0;
+        auto flush_small = [&] {
+            for (int64_t l = 0; l < lanes; ++l) {
+                a1[l] += b1[l];
+                a2[l].add(static_cast<u128>(b2[l]));
+                b1[l] = b2[l] = 0;
+            }
+            small_rows = 0;
+        };
+        for (int64_t r = 0; r < nrows; ++r) {
+            const char* p = rows[r];
+            uint64_t misfit = 0;
+            for (int64_t l = 0; l < lanes; ++l) misfit |= small_misfit(raw(p, l, ls));
+            if (misfit == 0) {
+                for (int64_t l = 0; l < lanes; ++l) {
+                    const int64_t v = static_cast<int32_t>(raw(p, l, ls));  // |v| < 2^25
+                    b1[l] += v;
+                    b2[l] += v * v;
+                }
+                if (++small_rows == kSmallRows) flush_small();
+            } else {
+                for (int64_t l = 0; l < lanes; ++l) {
+                    const S1 v = static_cast<S1>(raw(p, l, ls));
+                    a1[l] += v;
+                    add_squares(a2[l], v, S1(0));
+                }
+            }
+        }
+        flush_small();
+        flush(nrows, lanes, acc);
+    }
 
 #if defined(FM_ISA_AVX2)
     std::vector<int32_t> scratch;  // 64 ints (8 vectors) per 32 lanes
@@ -271,6 +330,10 @@ struct IntegerLanes {
 
     void chunk(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls, IntegerSums* acc,
                const double* /*col_shift: exact sums need none*/) {
+        if constexpr (sizeof(T) == 8) {
+            chunk64(rows, nrows, lanes, ls, acc);
+            return;
+        }
         S1* __restrict a1 = s1.data();
         S2* __restrict a2 = s2.data();
         for (int64_t l = 0; l < lanes; ++l) a1[l] = 0, a2[l] = S2{};
@@ -414,10 +477,11 @@ struct IntegerRun {
     }
 
     void run(const char* p, int64_t n, int64_t stride) {
-        auto value = [&](int64_t i) -> S1 {
-            if constexpr (Contig) return static_cast<S1>(reinterpret_cast<const T*>(p)[i]);
-            else return static_cast<S1>(load_at<T>(p + i * stride));
+        auto raw = [&](int64_t i) -> T {
+            if constexpr (Contig) return reinterpret_cast<const T*>(p)[i];
+            else return load_at<T>(p + i * stride);
         };
+        auto value = [&](int64_t i) -> S1 { return static_cast<S1>(raw(i)); };
         // Local copies: `p` is a char pointer and may alias members as far as the compiler knows.
         S1 b1[8];
         sq b2[8];
@@ -431,6 +495,22 @@ struct IntegerRun {
             b2[0] += t2;
         }
 #endif
+        if constexpr (sizeof(T) == 8) {
+            // Blocks of 256 values whose magnitudes fit 2^25: int64 sums (< 2^58 per block).
+            for (; i + 256 <= n; i += 256) {
+                uint64_t misfit = 0;
+                for (int64_t j = 0; j < 256; ++j) misfit |= small_misfit(raw(i + j));
+                if (misfit != 0) break;
+                int64_t c1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, c2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (int64_t j = 0; j < 256; j += 8)
+                    for (int k = 0; k < 8; ++k) {
+                        const int64_t v = static_cast<int32_t>(raw(i + j + k));
+                        c1[k] += v;
+                        c2[k] += v * v;
+                    }
+                for (int k = 0; k < 8; ++k) b1[k] += c1[k], b2[k].add(static_cast<u128>(c2[k]));
+            }
+        }
         for (; i + 8 <= n; i += 8)
             for (int k = 0; k < 8; ++k) {
                 const S1 v = value(i + k);
