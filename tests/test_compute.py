@@ -18,7 +18,7 @@ import pytest
 import fastmoments
 from conftest import (ALL_DTYPES, ISAS, KNOWN_INF_MEAN_BUG, LAYOUTS, in_layout, is_exact_int,
                       is_float, known_bug_tolerance, random_values, supported_isas)
-from reference import (EPS64, Ref, assert_matches, exact_integer_reference, exact_reference,
+from reference import (Ref, assert_matches, exact_integer_reference, exact_reference,
                        reference, relative_error)
 
 

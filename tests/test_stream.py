@@ -468,6 +468,29 @@ def test_sample(tmp_path, monkeypatch):
     check(all_rows, x, -1, 1e-9)
 
 
+@pytest.mark.parametrize("shape,axis", [((20000, 4), -1), ((3000, 5, 2), -1), ((3000, 5, 2), None),
+                                        ((3000, 5, 2), (1, 2)), ((3000, 5, 2), 1)])
+def test_sample_fortran_order_draws_rows(tmp_path, monkeypatch, shape, axis):
+    """In a Fortran-order file the sample is still a set of rows (axis 0), not of columns."""
+    monkeypatch.setattr(_stream, "SAMPLE_UNIT_BYTES", 1 << 10)
+    x = np.asfortranarray(make(shape, np.float64))
+    np.save(tmp_path / "f.npy", x)
+    with open(tmp_path / "f.npy", "rb") as f:
+        np.lib.format.read_magic(f)
+        assert np.lib.format.read_array_header_1_0(f)[1]  # stored in Fortran order
+    r = fastmoments.compute(tmp_path / "f.npy", axis=axis, sample=0.1, sample_seed=3)
+    row_bytes = int(np.prod(shape[1:])) * 8
+    ranges, n = _stream.sample_ranges(shape[0], (1 << 10) // row_bytes, 0.1, (3, 0))
+    sub = np.concatenate([x[a:b] for a, b in ranges])
+    assert r.sample == n / shape[0]
+    check(r, sub, axis, 1e-9)
+    c = fastmoments.compute(tmp_path / "f.npy", axis=axis, sample=1000, sample_seed=1)
+    assert abs(c.sample * shape[0] - 1000) <= (1 << 10) // row_bytes
+    monkeypatch.setattr(_stream, "MAX_SAMPLE_PIECES", 10)
+    with pytest.raises(ValueError, match="Fortran-order"):
+        fastmoments.compute(tmp_path / "f.npy", axis=axis, sample=0.1)
+
+
 def test_sample_rejects(tmp_path):
     np.save(tmp_path / "x.npy", make((100, 4), np.float32))
     with pytest.raises(ValueError, match="keeps"):

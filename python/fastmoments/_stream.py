@@ -16,9 +16,9 @@ Sources (all reach here through :func:`fastmoments.compute`):
   (same trailing shape required). For statistics per voxel over many volumes of one shape, feed
   each file to an :class:`~fastmoments.Accumulator` instead.
 
-``sample=`` reads a seeded random subset of blocks of rows along the file's outer axis (axis 0, or
-the last axis of a Fortran-order file), which must then be reduced; the result's ``.sample`` is the
-fraction of rows read.
+``sample=`` reads a seeded random subset of blocks of rows (axis 0, which must then be reduced);
+the result's ``.sample`` is the fraction of rows read. In a Fortran-order file a block of rows is
+one short run per column, read piece by piece.
 """
 
 from __future__ import annotations
@@ -388,14 +388,29 @@ def sample_ranges(n_rows: int, unit_rows: int, fraction: float, seed) -> Tuple[L
 
 # ---- the native pipeline -------------------------------------------------------------------------
 
+# Most pieces a sample of a Fortran-order file may be cut into (each a run of one column).
+MAX_SAMPLE_PIECES = 1 << 22
+
+
 def plan_pieces(shape: Tuple[int, ...], itemsize: int, keep: Sequence[bool],
-                ranges: Sequence[Tuple[int, int]], block_bytes: int):
+                ranges: Sequence[Tuple[int, int]], block_bytes: int, range_axis: int = 0):
     """Pieces of a C-order array: whole slices along a split axis j, at most ``block_bytes`` each
     unless one element row is larger. Returns (j, offsets, rows, out_base) with offsets in elements.
-    ``ranges`` restrict axis 0. Depends only on the shape, never on the thread count."""
+    ``ranges`` restrict axis ``range_axis``: 0, or the last axis (the rows of a Fortran-order
+    file, read as runs along it). Depends only on the shape, never on the thread count."""
     nd = len(shape)
+    if range_axis not in (0, nd - 1):
+        raise ValueError(f"ranges can restrict axis 0 or the last axis, not {range_axis}")
     j = 0
-    while int(np.prod(shape[j + 1:], dtype=np.int64)) * itemsize > block_bytes:
+    if range_axis > 0:
+        j = nd - 1
+        runs_per_lead = sum(-(-(b - a) // max(1, block_bytes // itemsize)) for a, b in ranges)
+        n_pieces = int(np.prod(shape[:-1], dtype=np.int64)) * runs_per_lead
+        if n_pieces > MAX_SAMPLE_PIECES:
+            raise ValueError(
+                f"sample= on this Fortran-order file would read {n_pieces} scattered pieces (its rows "
+                f"are spread over the whole file); save it in C order, or reduce it whole")
+    while j < nd - 1 and int(np.prod(shape[j + 1:], dtype=np.int64)) * itemsize > block_bytes:
         j += 1
     slice_elems = int(np.prod(shape[j + 1:], dtype=np.int64))
     per = max(1, block_bytes // max(1, slice_elems * itemsize))
@@ -408,14 +423,17 @@ def plan_pieces(shape: Tuple[int, ...], itemsize: int, keep: Sequence[bool],
         lead_out = np.zeros(1, np.int64)
         runs = list(ranges)
     else:
-        axes = [np.concatenate([np.arange(a, b) for a, b in ranges]).astype(np.int64)]
+        if range_axis == 0:
+            axes = [np.concatenate([np.arange(a, b) for a, b in ranges]).astype(np.int64)]
+        else:
+            axes = [np.arange(shape[0], dtype=np.int64)]
         axes += [np.arange(shape[i], dtype=np.int64) for i in range(1, j)]
         grids = np.meshgrid(*axes, indexing="ij")
         lead_elem = sum(g.ravel() * estride[i] for i, g in enumerate(grids))
         lead_out = sum(g.ravel() * (ostride[i] if keep[i] else 0) for i, g in enumerate(grids))
         lead_elem = np.asarray(lead_elem, np.int64)
         lead_out = np.asarray(lead_out, np.int64)
-        runs = [(0, shape[j])]
+        runs = list(ranges) if range_axis == j else [(0, shape[j])]
     starts = np.concatenate([np.arange(a, b, per, dtype=np.int64) for a, b in runs])
     ends = np.concatenate([np.minimum(np.arange(a, b, per, dtype=np.int64) + per, b) for a, b in runs])
     rows = ends - starts
@@ -426,9 +444,9 @@ def plan_pieces(shape: Tuple[int, ...], itemsize: int, keep: Sequence[bool],
     return j, offsets, np.ascontiguousarray(rows), out_base
 
 
-def _reduce_file(src: FileArray, keep_c, cshape, ranges, omit, opts, report):
+def _reduce_file(src: FileArray, keep_c, cshape, ranges, omit, opts, report, range_axis=0):
     itemsize = src.dtype.itemsize
-    j, offsets, rows, out_base = plan_pieces(cshape, itemsize, keep_c, ranges, BLOCK_BYTES)
+    j, offsets, rows, out_base = plan_pieces(cshape, itemsize, keep_c, ranges, BLOCK_BYTES, range_axis)
     out_size = int(np.prod(kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k)),
                            dtype=np.int64))
     poll = None if report is None else (lambda done, total: report(done))
@@ -539,34 +557,41 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
         cshape = tuple(reversed(shp)) if fortran else shp
         keep = keep_mask(kept, ndim)
         keep_c = list(reversed(keep)) if fortran else keep
-        row_bytes = int(np.prod(cshape[1:], dtype=np.int64)) * src.dtype.itemsize
+        # Rows (axis 0 of the data) are the storage's last axis in a Fortran-order file.
+        row_axis = ndim - 1 if fortran else 0
+        row_bytes = int(np.prod(shp[1:], dtype=np.int64)) * src.dtype.itemsize
         if fraction is not None:
-            if keep_c[0]:
-                outer = ndim - 1 if fortran else 0
-                raise ValueError(f"sample= draws rows along axis {outer}, which axis={opts.axis!r} "
-                                 f"keeps; sample only a reduced outer axis")
+            if keep[0]:
+                raise ValueError(f"sample= draws rows along axis 0, which axis={opts.axis!r} "
+                                 f"keeps; sample only when axis 0 is reduced")
+            if fortran and isinstance(src, ChunkedArray):
+                raise ValueError(f"sample= needs an uncompressed file to read the rows of a "
+                                 f"Fortran-order array ({_name(src)})")
             unit = src.chunk_rows if isinstance(src, ChunkedArray) else SAMPLE_UNIT_BYTES // max(1, row_bytes)
             seed = None if opts.sample_seed is None else (opts.sample_seed, i)
-            ranges, nrows = sample_ranges(cshape[0], unit, fraction, seed)
+            ranges, nrows = sample_ranges(shp[0], unit, fraction, seed)
         else:
-            ranges, nrows = [(0, cshape[0])], cshape[0]
+            ranges, nrows = [(0, cshape[0])], shp[0]
+            row_axis = 0  # whole file: pieces follow the storage order
         total_bytes += nrows * row_bytes
-        plans.append((src, cshape, keep_c, ranges, nrows, fortran))
+        plans.append((src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes, shp[0]))
     rows_read = 0
     parts = []
     with progress_reporter(opts.progress, total_bytes) as report:
         base = 0
-        for src, cshape, keep_c, ranges, nrows, fortran in plans:
+        for src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes, _ in plans:
             sub = None if report is None else (lambda done, b=base: report(b + done))
-            run = _reduce_file if isinstance(src, FileArray) else _reduce_chunked
-            state = run(src, keep_c, cshape, ranges, omit, opts, sub)
+            if isinstance(src, FileArray):
+                state = _reduce_file(src, keep_c, cshape, ranges, omit, opts, sub, row_axis)
+            else:
+                state = _reduce_chunked(src, keep_c, cshape, ranges, omit, opts, sub)
             kshape = kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k))
             state = tuple(a.reshape(kshape) for a in state)
             if fortran:
                 state = tuple(np.ascontiguousarray(a.T) for a in state)
             parts.append(state)
             rows_read += nrows
-            base += nrows * int(np.prod(cshape[1:], dtype=np.int64)) * src.dtype.itemsize
+            base += nrows * row_bytes
     # parts: (count, mean, m2, mean_lo) per source, concatenated or merged in source order
     if 0 in kept:
         count, mean, m2, mean_lo = (np.concatenate([p[k] for p in parts], axis=0) for k in range(4))
@@ -578,13 +603,16 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
     if opts.nan_policy == "raise" and any(s.dtype.kind == "f" or s.dtype.name == "bfloat16"
                                           for s in sources):
         # Values each output should have counted: fewer means NaN inputs were omitted.
-        per_part = [(1 if keep_c[0] else nrows)
-                    * int(np.prod([cshape[k] for k in range(1, ndim) if not keep_c[k]], dtype=np.int64))
-                    for _, cshape, keep_c, _, nrows, _ in plans]
+        per_part = []
+        for _, cshape, keep_c, _, nrows, fortran, _, _, _ in plans:
+            sizes = list(cshape)
+            sizes[ndim - 1 if fortran else 0] = nrows  # rows read along the data's axis 0
+            per_part.append(int(np.prod([sizes[k] for k in range(ndim) if not keep_c[k]],
+                                        dtype=np.int64)))
         expected = per_part[0] if 0 in kept else sum(per_part)
         if np.any(count != expected):
             raise ValueError("the data contains NaN (nan_policy='raise')")
-    sample = None if fraction is None else rows_read / max(1, sum(p[1][0] for p in plans))
+    sample = None if fraction is None else rows_read / max(1, sum(p[-1] for p in plans))
     if opts.nan_policy == "omit":
         mean, m2 = nan_where_empty(count, mean, m2)
     return Moments(count, mean, m2, ddof=opts.ddof, sample=sample, mean_lo=mean_lo)
