@@ -294,46 +294,44 @@ def test_truncated_file(tmp_path):
         fastmoments.compute(path)
 
 
-def test_file_truncated_while_reading(tmp_path, monkeypatch, reader_mode):
-    monkeypatch.setattr(_stream, "BLOCK_BYTES", 1 << 14)
-    monkeypatch.setattr(_stream, "READ_DELAY", 0.01)
+def _truncate_mid_run(path, monkeypatch, *, block_bytes, delay, keep_bytes, **kw):
+    """Runs compute(path) with a slowed reader and cuts the file to keep_bytes at the first
+    progress report; returns the byte counts reported. The run must fail with 'truncated'."""
+    monkeypatch.setattr(_stream, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_stream, "READ_DELAY", delay)
     monkeypatch.setattr(_stream, "POLL_SECONDS", 0.005)
-    x = make((20000, 8), np.float64)  # 1.28 MB: about 100 pieces, one second of reading
-    path = tmp_path / "x.npy"
-    np.save(path, x)
     seen = []
 
     def cut(done, total):
         if not seen:
             with open(path, "r+b") as f:
-                f.truncate(200_000)
+                f.truncate(keep_bytes)
         seen.append(done)
 
-    with pytest.raises((ValueError, OSError), match="truncated"):
-        fastmoments.compute(path, progress=cut)
+    with pytest.raises((ValueError, OSError), match="truncated") as info:
+        fastmoments.compute(path, progress=cut, **kw)
+    return seen, info
+
+
+def test_file_truncated_while_reading(tmp_path, monkeypatch, reader_mode):
+    x = make((20000, 8), np.float64)  # 1.28 MB: about 100 pieces, one second of reading
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    seen, _ = _truncate_mid_run(path, monkeypatch, block_bytes=1 << 14, delay=0.01, keep_bytes=200_000)
     assert seen and seen[-1] < x.nbytes
 
 
 def test_mapped_file_truncated_under_the_kernel(tmp_path, monkeypatch):
-    """Pieces mapped and populated, then the file shrinks to its header before the kernel reads
-    them: the kernel's loads fault (SIGBUS) inside the map; the result is an error, not a crash."""
+    """Pieces mapped, then the file shrinks to its header before the kernel reads them: the
+    kernel's loads fault (SIGBUS) inside the map; the result is an error, not a crash."""
     monkeypatch.setattr(_stream, "READER_MODE", "map")
-    monkeypatch.setattr(_stream, "BLOCK_BYTES", 1 << 16)
-    monkeypatch.setattr(_stream, "READ_DELAY", 0.05)  # between mapping a piece and reducing it
-    monkeypatch.setattr(_stream, "POLL_SECONDS", 0.005)
     x = make((1 << 16, 4), np.float64)  # 2 MiB, cached: just written
     path = tmp_path / "x.npy"
     np.save(path, x)
-    cut = []
-
-    def shrink(done, total):
-        if not cut:
-            with open(path, "r+b") as f:
-                f.truncate(64)
-            cut.append(done)
-
-    with pytest.raises(ValueError, match="truncated"):
-        fastmoments.compute(path, progress=shrink, threads=2)
+    # READ_DELAY sleeps between mapping a piece and reducing it.
+    _, info = _truncate_mid_run(path, monkeypatch, block_bytes=1 << 16, delay=0.05, keep_bytes=64,
+                                threads=2)
+    assert info.type is ValueError
     np.save(path, x)  # the same process maps files again afterwards
     check(fastmoments.compute(path, threads=2), x, -1)
 

@@ -14,6 +14,12 @@ constexpr int kMaxAxes = 16;       // kept or reduced loop axes after make_plan 
 constexpr int kThreads = 256;      // threads per reduction block
 constexpr int kMergeWarps = 8;     // warps per block of the final merge (one output per warp)
 
+// Integer dtypes the device sums exactly: ExactSums holds x in 128 bits and x^2 in 128 bits, which
+// fits 32-bit data; 64-bit integers take the shifted float64 kernels on the device (the CPU kernels
+// sum them exactly in 128/192 bits).
+template <class T>
+inline constexpr bool device_exact_v = element_traits<T>::exact_integer && sizeof(T) <= 4;
+
 struct AxisSet {
     int n = 0;
     int64_t size[kMaxAxes];

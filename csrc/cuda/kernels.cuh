@@ -229,41 +229,49 @@ struct IntSums {
     }
 };
 
+// Run mode: block b reduces values [u0, u1) of column b / segments (segment b % segments).
+struct RunSegment {
+    const char* col;
+    int64_t u0, u1;
+};
+
+__device__ __forceinline__ RunSegment run_segment(const DevicePlan& p, const char* data) {
+    const int64_t b = blockIdx.x;
+    const int64_t c = b / p.segments, s = b - c * p.segments;
+    RunSegment g;
+    g.col = data + p.base_offset + axes_offset(p.columns, c);
+    g.u0 = s * p.segment_units;
+    g.u1 = min(p.nrows * p.run_length, g.u0 + p.segment_units);
+    return g;
+}
+
 template <class T, bool Omit>
 __global__ void __launch_bounds__(kThreads) run_float_kernel(const DevicePlan p, const char* data,
                                                              MomentState* part) {
-    const int64_t b = blockIdx.x;
-    const int64_t c = b / p.segments, s = b - c * p.segments;
-    const char* col = data + p.base_offset + axes_offset(p.columns, c);
-    const int64_t L = p.run_length;
-    const int64_t u0 = s * p.segment_units, u1 = min(p.nrows * L, u0 + p.segment_units);
+    const RunSegment g = run_segment(p, data);
     FloatSums<T, Omit> acc;
     {
-        const int64_t r = u0 / L;
+        const int64_t L = p.run_length, r = g.u0 / L;
         acc.shift = finite_or_zero(float_value(
-            load_one<T>(col + axes_offset(p.rows, r) + (u0 - r * L) * p.run_stride)));
+            load_one<T>(g.col + axes_offset(p.rows, r) + (g.u0 - r * L) * p.run_stride)));
     }
-    for_run_values<T>(p, col, u0, u1, acc);
+    for_run_values<T>(p, g.col, g.u0, g.u1, acc);
     const MomentState st = block_merge(from_shifted_sums(acc.n, acc.shift, acc.s1, acc.s2));
-    if (threadIdx.x == 0) part[b] = st;
+    if (threadIdx.x == 0) part[blockIdx.x] = st;
 }
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) run_exact_kernel(const DevicePlan p, const char* data,
                                                              ExactSums* part) {
-    const int64_t b = blockIdx.x;
-    const int64_t c = b / p.segments, s = b - c * p.segments;
-    const char* col = data + p.base_offset + axes_offset(p.columns, c);
-    const int64_t L = p.run_length;
-    const int64_t u0 = s * p.segment_units, u1 = min(p.nrows * L, u0 + p.segment_units);
+    const RunSegment g = run_segment(p, data);
     IntSums<T> acc;
-    for_run_values<T>(p, col, u0, u1, acc);
+    for_run_values<T>(p, g.col, g.u0, g.u1, acc);
     ExactSums e;
     e.count = acc.n;
     e.s1 = acc.s1;
     e.s2 = acc.s2;
     const ExactSums st = block_merge(e);
-    if (threadIdx.x == 0) part[b] = st;
+    if (threadIdx.x == 0) part[blockIdx.x] = st;
 }
 
 // ---- lanes mode: the innermost memory axis keeps statistics -------------------------------------
@@ -514,7 +522,7 @@ const char* launch_family(const DevicePlan& plan, DType dtype, const void* data,
                           bool accumulate, const ScatterMap& scatter, cudaStream_t stream) {
     return visit_dtype(dtype, [&](auto tag) -> const char* {
         using T = decltype(tag);
-        if constexpr (element_traits<T>::exact_integer != Exact) {
+        if constexpr (device_exact_v<T> != Exact) {
             return "internal error: dtype sent to the wrong kernel family";
         } else if constexpr (Exact) {
             return launch<T, ExactSums>(plan, run_exact_kernel<T>, lanes_exact_kernel<T>, data, scratch,

@@ -18,7 +18,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 bool is_exact(DType dtype) {
-    return visit_dtype(dtype, [](auto tag) { return element_traits<decltype(tag)>::exact_integer; });
+    return visit_dtype(dtype, [](auto tag) { return device_exact_v<decltype(tag)>; });
 }
 
 void configure(DevicePlan& p, DType dtype, const void* data) {

@@ -91,6 +91,8 @@ FM_INTEGER_TRAITS(int16_t, int64_t)
 FM_INTEGER_TRAITS(uint16_t, int64_t)
 FM_INTEGER_TRAITS(int32_t, int64_t)
 FM_INTEGER_TRAITS(uint32_t, int64_t)
+FM_INTEGER_TRAITS(int64_t, int64_t)
+FM_INTEGER_TRAITS(uint64_t, uint64_t)
 #undef FM_INTEGER_TRAITS
 
 #define FM_FLOAT_TRAITS(T, WORK, EXPR)                                    \
@@ -103,8 +105,6 @@ FM_FLOAT_TRAITS(float, float, v)
 FM_FLOAT_TRAITS(double, double, v)
 FM_FLOAT_TRAITS(half_bits, float, half_to_float(v.bits))
 FM_FLOAT_TRAITS(bfloat16_bits, float, bfloat16_to_float(v.bits))
-FM_FLOAT_TRAITS(int64_t, double, static_cast<double>(v))
-FM_FLOAT_TRAITS(uint64_t, double, static_cast<double>(v))
 #undef FM_FLOAT_TRAITS
 
 // Calls f(T{}) with the storage type for a runtime dtype.

@@ -48,11 +48,6 @@ struct IntegerSums {
     UInt192 s2;
 };
 
-// Integer dtypes the CPU kernels sum exactly: all of them (64-bit ones in 128/192-bit sums).
-template <class T>
-inline constexpr bool exact_sums_v =
-    element_traits<T>::exact_integer || std::is_same_v<T, int64_t> || std::is_same_v<T, uint64_t>;
-
 inline namespace FM_ISA_NAMESPACE {
 
 constexpr int64_t kChunkValues = 8192;      // run mode: values per chunk state (fixed: determinism)
@@ -534,7 +529,7 @@ struct IntegerRun {
 // ---- the driver --------------------------------------------------------------------------------
 
 template <class T>
-using accumulator_t = std::conditional_t<exact_sums_v<T>, IntegerSums, MomentState>;
+using accumulator_t = std::conditional_t<element_traits<T>::exact_integer, IntegerSums, MomentState>;
 
 // Per-column geometry shared by both modes.
 struct ColumnGrid {
@@ -552,7 +547,7 @@ template <class T, bool Omit>
 class Reducer {
 public:
     using Acc = accumulator_t<T>;
-    static constexpr bool kExact = exact_sums_v<T>;
+    static constexpr bool kExact = element_traits<T>::exact_integer;
 
     Reducer(const char* data, const Plan& plan) : data_(data + plan.base_offset), plan_(plan) {
         Odometer cols(plan.columns), rows(plan.rows);
@@ -870,7 +865,7 @@ inline Status reduce(const void* data, DType dtype, int ndim, const int64_t* sha
     return visit_dtype(dtype, [&](auto tag) -> Status {
         using T = decltype(tag);
         const char* p = static_cast<const char*>(data);
-        if (opt.nan_policy == NanPolicy::Omit && !exact_sums_v<T>)
+        if (opt.nan_policy == NanPolicy::Omit && !element_traits<T>::exact_integer)
             return Reducer<T, true>(p, plan).run(out, opt);
         return Reducer<T, false>(p, plan).run(out, opt);
     });

@@ -48,13 +48,12 @@ inline void handler(int sig, siginfo_t* info, void* context) {
         const uintptr_t b = r.begin[i].load(std::memory_order_acquire);
         const uintptr_t e = r.end[i].load(std::memory_order_acquire);
         if (b == 0 || addr < b || addr >= e) continue;
+        // Flag first: another thread may read the zeros as soon as they are mapped.
+        r.faulted[i].store(1, std::memory_order_release);
         const uintptr_t from = addr & ~(page - 1);
         void* z = ::mmap(reinterpret_cast<void*>(from), e - from, PROT_READ,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-        if (z != MAP_FAILED) {
-            r.faulted[i].store(1, std::memory_order_release);
-            return;  // the load restarts and reads zeros
-        }
+        if (z != MAP_FAILED) return;  // the load restarts and reads zeros
         break;
     }
     // Not ours: hand it on.
