@@ -349,6 +349,22 @@ def test_64bit_integers_exact_over_full_range(dtype, monkeypatch):
                     assert abs(Fraction(r.m2[j]) - m2) <= m2 / 2**50, where
 
 
+@pytest.mark.parametrize("shape,axis", [((8000,), None), ((3000, 3), -1), ((3000, 3), None)])
+def test_outlier_first_value(shape, axis, monkeypatch):
+    """The chunk shift is the first value; an outlier there made s2 - s1^2/n cancel ~13 bits.
+    Such chunks are summed again around their mean: M2 stays within a few ulp of exact."""
+    v = 9.088492421234567e12
+    x = np.zeros(shape)
+    x[(0,) * len(shape)] = v
+    n = x.shape[0] if axis == -1 else x.size
+    exact_m2 = Fraction(v) ** 2 * (n - 1) / n
+    for name in [i for i in ISAS if i in supported_isas()]:
+        monkeypatch.setenv("FASTMOMENTS_ISA", name)
+        r = fastmoments.compute(x, axis=axis)
+        m2 = np.ravel(r.m2)[0]
+        assert abs(Fraction(m2) - exact_m2) <= exact_m2 / 2**46, (name, m2 / float(exact_m2) - 1)
+
+
 def test_integers_exact_small_spread():
     # Exactly representable answers must come out exactly.
     x = np.array([[0, 1], [2, 3], [4, 5], [6, 7]], np.int32) + np.int32(2**30)

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 #if defined(_OPENMP)
@@ -99,6 +100,13 @@ inline W finite_or_zero(W v) {
     return std::isfinite(v) ? v : W(0);
 }
 
+// A chunk's shift is poor when m2 = s2 - s1^2/n would cancel more than 6 bits (the shift, the
+// chunk's first value, lies over ~8 standard deviations from its mean: an outlier first). Such a
+// chunk (rare, and still in cache) is summed a second time around its own mean.
+inline bool poor_shift(double n, double s1, double s2) {
+    return n > 0 && std::isfinite(s2) && s1 * s1 > s2 * n * (63.0 / 64.0) && s2 > 0;
+}
+
 // ---- lanes mode: a row of `lanes` values updates `lanes` states --------------------------------
 
 // Lanes loops read several rows side by side; each row is a short stream the hardware
@@ -134,8 +142,30 @@ struct FloatLanes {
             double v = value(rows[0], l, ls);
             for (int64_t r = 1; !std::isfinite(v) && r < nrows; ++r) v = value(rows[r], l, ls);
             sh[l] = finite_or_zero(v);
-            a1[l] = a2[l] = c[l] = 0.0;
         }
+        sums(rows, nrows, lanes, ls);
+        bool again = false;
+        for (int64_t l = 0; l < lanes; ++l) {
+            const double n = Omit ? c[l] : static_cast<double>(nrows);
+            if (poor_shift(n, a1[l], a2[l])) {
+                sh[l] += a1[l] / n;
+                again = true;
+            }
+        }
+        if (again) sums(rows, nrows, lanes, ls);  // lanes with good shifts give the same sums
+        for (int64_t l = 0; l < lanes; ++l) {
+            const int64_t n = Omit ? static_cast<int64_t>(c[l]) : nrows;
+            acc[l] = combine(acc[l], from_shifted_sums(n, sh[l] - col_shift[l], a1[l], a2[l]));
+        }
+    }
+
+    // Lane sums of (x - shift) and (x - shift)^2 (and counts, Omit) over the chunk's rows.
+    void sums(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls) {
+        const double* __restrict sh = shift.data();
+        double* __restrict a1 = s1.data();
+        double* __restrict a2 = s2.data();
+        double* __restrict c = cnt.data();
+        for (int64_t l = 0; l < lanes; ++l) a1[l] = a2[l] = c[l] = 0.0;
         int64_t r = 0;
         if constexpr (!Omit) {
             // Rows r, r + q, r + 2q, r + 3q side by side (q = n/4): four long in-order streams the
@@ -201,10 +231,6 @@ struct FloatLanes {
                 a1[l] += d;
                 a2[l] += d * d;
             }
-        }
-        for (int64_t l = 0; l < lanes; ++l) {
-            const int64_t n = Omit ? static_cast<int64_t>(c[l]) : nrows;
-            acc[l] = combine(acc[l], from_shifted_sums(n, sh[l] - col_shift[l], a1[l], a2[l]));
         }
     }
 };
@@ -450,12 +476,26 @@ struct FloatRun {
         }
     }
 
-    MomentState finish_chunk(int64_t n, double col_shift) const {
-        // Fixed-order horizontal sums: same bits on every run.
-        double t1 = 0, t2 = 0, tc = 0;
+    // Fixed-order horizontal sums (same bits on every run): count, s1, s2.
+    void totals(int64_t n, double& tn, double& t1, double& t2) const {
+        double tc = 0;
+        t1 = t2 = 0;
         for (int u = 0; u < 4; ++u)
             for (int k = 0; k < 4; ++k) t1 += a1[u][k], t2 += a2[u][k], tc += c[u][k];
-        return from_shifted_sums(Omit ? static_cast<int64_t>(tc) : n, sh - col_shift, t1, t2);
+        tn = Omit ? tc : static_cast<double>(n);
+    }
+
+    // The chunk's mean when the shift was poor (see poor_shift), else NaN.
+    double better_shift(int64_t n) const {
+        double tn, t1, t2;
+        totals(n, tn, t1, t2);
+        return poor_shift(tn, t1, t2) ? sh + t1 / tn : std::numeric_limits<double>::quiet_NaN();
+    }
+
+    MomentState finish_chunk(int64_t n, double col_shift) const {
+        double tn, t1, t2;
+        totals(n, tn, t1, t2);
+        return from_shifted_sums(static_cast<int64_t>(tn), sh - col_shift, t1, t2);
     }
 };
 
@@ -762,13 +802,23 @@ private:
                 FloatRun<T, Omit, Contig> k;
                 const double first = load_value(base + rows.offset() + pos * st);
                 k.start(std::isfinite(first) ? first : r_.first_finite_run(base, rows, pos, n));
-                int64_t left = n;
-                while (left > 0) {
-                    const int64_t m = std::min(left, L - pos);
-                    k.run(base + rows.offset() + pos * st, m, st);
-                    left -= m;
-                    pos += m;
-                    if (pos == L) pos = 0, rows.next();
+                auto walk = [&](Odometer& o, int64_t& q) {
+                    int64_t left = n;
+                    while (left > 0) {
+                        const int64_t m = std::min(left, L - q);
+                        k.run(base + o.offset() + q * st, m, st);
+                        left -= m;
+                        q += m;
+                        if (q == L) q = 0, o.next();
+                    }
+                };
+                Odometer again(rows);
+                int64_t again_pos = pos;
+                walk(rows, pos);
+                const double better = k.better_shift(n);
+                if (!std::isnan(better)) {  // an outlier came first: sum the chunk around its mean
+                    k.start(better);
+                    walk(again, again_pos);
                 }
                 acc = combine(acc, k.finish_chunk(n, *shift));
             }
