@@ -560,7 +560,7 @@ def test_core_stub_matches_module():
     if not stub.exists():
         pytest.skip("_core.pyi not installed next to the package")
     tree = ast.parse(stub.read_text())
-    declared = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    declared = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     declared |= {n.target.id for n in tree.body
                  if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
     public = {n for n in dir(_core) if not n.startswith("__")}

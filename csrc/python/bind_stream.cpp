@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <fastmoments/checked.hpp>
 #include <fastmoments_io/block_stream.hpp>
 
 #include "common.hpp"
@@ -22,52 +23,75 @@ namespace {
 
 using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-// stream_file(path, dtype_code, byteswap, tail, keep, offsets, rows, out_base, out_size, nan_omit,
-//             threads, poll, poll_seconds, sequential, read_delay, reader_mode, isa) -> (count, mean, m2), flat
-py::tuple stream_file(const std::string& path, int dtype_code, bool byteswap, std::vector<int64_t> tail,
-                      std::vector<bool> keep, I64Array offsets, I64Array rows, I64Array out_base,
-                      int64_t out_size, bool nan_omit, int threads, py::object poll, double poll_seconds,
-                      bool sequential, double read_delay, int reader_mode, const std::string& isa_name) {
-    if (dtype_code < 0 || dtype_code > static_cast<int>(DType::Float64))
-        throw py::value_error("invalid dtype code " + std::to_string(dtype_code));
-    if (keep.size() != tail.size() + 1)
-        throw py::value_error("keep needs one flag for the split axis and one per tail axis");
-    if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
-    const py::ssize_t n = offsets.size();
-    if (rows.size() != n || out_base.size() != n)
-        throw py::value_error("offsets, rows and out_base must have one length");
-    if (out_size < 0) throw py::value_error("out_size must be >= 0");
-    for (int64_t t : tail)
-        if (t < 0) throw py::value_error("negative axis size");
+// What Python plans for one file: the array's layout and the pieces to read (see _stream.py).
+struct FileStreamSpec {
+    std::string path;        // the file (or only its name in messages when fd >= 0)
+    int fd = -1;             // an open descriptor on the file to read instead of opening path
+    int dtype_code = -1;
+    bool byteswap = false;
+    std::vector<int64_t> tail;
+    std::vector<bool> keep;  // split axis, then the tail axes
+    I64Array offsets, rows, out_base;
+    int64_t out_size = 0;
+    bool nan_omit = false;
+    int threads = 1;
+    bool sequential = true;
+    double read_delay = 0.0;
+    int reader_mode = 0;
+    std::string isa;
+};
 
+[[noreturn]] void bad_spec(const std::string& what) { throw py::value_error("stream_file: " + what); }
+
+// The spec checked with overflow-checked arithmetic: every piece lies inside int64 byte offsets
+// and inside the output, whatever the header that produced it claimed.
+io::StreamSpec checked_spec(const FileStreamSpec& f) {
+    if (f.dtype_code < 0 || f.dtype_code > static_cast<int>(DType::Float64))
+        bad_spec("invalid dtype code " + std::to_string(f.dtype_code));
+    if (f.keep.size() != f.tail.size() + 1) bad_spec("keep needs one flag for the split axis and one per tail axis");
+    if (f.threads < 1) bad_spec("threads must be >= 1, got " + std::to_string(f.threads));
+    if (f.reader_mode < 0 || f.reader_mode > 3) bad_spec("reader_mode must be 0, 1, 2 or 3");
+    const py::ssize_t n = f.offsets.size();
+    if (f.rows.size() != n || f.out_base.size() != n) bad_spec("offsets, rows and out_base must have one length");
+    if (f.out_size < 0) bad_spec("out_size must be >= 0");
     io::StreamSpec spec;
-    spec.path = path;
-    spec.dtype = static_cast<DType>(dtype_code);
-    spec.byteswap = byteswap;
-    spec.tail = tail;
-    spec.keep.assign(keep.begin(), keep.end());
-    spec.threads = threads;
-    spec.nan_policy = nan_omit ? NanPolicy::Omit : NanPolicy::Propagate;
-    spec.sequential = sequential;
-    spec.read_delay = read_delay;
-    if (reader_mode < 0 || reader_mode > 3) throw py::value_error("reader_mode must be 0, 1, 2 or 3");
-    spec.reader_mode = static_cast<io::StreamSpec::ReaderMode>(reader_mode);
-    int64_t inner = 1;
-    for (size_t i = 0; i < tail.size(); ++i)
-        if (keep[i + 1]) inner *= tail[i];
-    const int64_t* po = offsets.data();
-    const int64_t* pr = rows.data();
-    const int64_t* pb = out_base.data();
+    spec.path = f.path;
+    spec.fd = f.fd;
+    spec.dtype = static_cast<DType>(f.dtype_code);
+    spec.byteswap = f.byteswap;
+    spec.tail = f.tail;
+    spec.keep.assign(f.keep.begin(), f.keep.end());
+    spec.out_size = f.out_size;
+    spec.threads = f.threads;
+    spec.nan_policy = f.nan_omit ? NanPolicy::Omit : NanPolicy::Propagate;
+    spec.sequential = f.sequential;
+    spec.read_delay = f.read_delay;
+    spec.reader_mode = static_cast<io::StreamSpec::ReaderMode>(f.reader_mode);
+    int64_t slice_bytes = 0, inner = 1;
+    if (!checked_product(f.tail.begin(), f.tail.end(), &slice_bytes) ||
+        !checked_mul(slice_bytes, dtype_itemsize(spec.dtype), &slice_bytes))
+        bad_spec("the slice shape overflows");
+    for (size_t i = 0; i < f.tail.size(); ++i)
+        if (f.keep[i + 1] && !checked_mul(inner, f.tail[i], &inner)) bad_spec("the kept shape overflows");
+    const int64_t* po = f.offsets.data();
+    const int64_t* pr = f.rows.data();
+    const int64_t* pb = f.out_base.data();
     spec.pieces.resize(static_cast<size_t>(n));
     for (py::ssize_t i = 0; i < n; ++i) {
-        const int64_t states = (keep[0] ? pr[i] : 1) * inner;
-        if (po[i] < 0 || pr[i] < 0 || pb[i] < 0 || pb[i] + states > out_size)
-            throw py::value_error("piece " + std::to_string(i) + " lies outside the file or the output");
+        int64_t bytes = 0, end = 0, states = 0, out_end = 0;
+        if (!checked_mul(pr[i], slice_bytes, &bytes) || !checked_add(po[i], bytes, &end) ||
+            !checked_mul(f.keep[0] ? pr[i] : 1, inner, &states) || !checked_add(pb[i], states, &out_end) ||
+            out_end > f.out_size)
+            bad_spec("piece " + std::to_string(i) + " lies outside the file or the output");
         spec.pieces[static_cast<size_t>(i)] = io::Piece{po[i], pr[i], pb[i]};
     }
-    const isa::Variant& variant = pick_variant(isa_name);
+    return spec;
+}
 
-    std::vector<MomentState> out(static_cast<size_t>(out_size));
+py::tuple stream_file(const FileStreamSpec& f, py::object poll, double poll_seconds) {
+    io::StreamSpec spec = checked_spec(f);
+    const isa::Variant& variant = pick_variant(f.isa);
+    std::vector<MomentState> out(static_cast<size_t>(spec.out_size));
     PythonPoll poller(poll);
     auto poll_fn = [&poller](int64_t done, int64_t total) { return poller(done, total); };
     io::StreamResult res;
@@ -86,22 +110,39 @@ py::tuple stream_file(const std::string& path, int dtype_code, bool byteswap, st
         case io::StreamResult::Cancelled: throw py::value_error("computation cancelled");
         case io::StreamResult::OsError: {
             errno = res.err;
-            PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, f.path.c_str());
             throw py::error_already_set();
         }
     }
-    return states_to_arrays(out, {static_cast<py::ssize_t>(out_size)});
+    return states_to_arrays(out, {static_cast<py::ssize_t>(spec.out_size)});
 }
 
 }  // namespace
 
 void register_stream(py::module_& m) {
-    m.def("stream_file", &stream_file, py::arg("path"), py::arg("dtype_code"), py::arg("byteswap"),
-          py::arg("tail"), py::arg("keep"), py::arg("offsets"), py::arg("rows"), py::arg("out_base"),
-          py::arg("out_size"), py::arg("nan_omit") = false, py::arg("threads") = 1,
-          py::arg("poll") = py::none(), py::arg("poll_seconds") = 0.05, py::arg("sequential") = true,
-          py::arg("read_delay") = 0.0, py::arg("reader_mode") = 0, py::arg("isa") = "",
-          "Flat (count, mean, m2) of a raw C-order array in a file, read piece by piece (pread ring or a guarded memory map).");
+    py::class_<FileStreamSpec>(m, "FileStreamSpec",
+                               "One file's read plan for stream_file: layout, pieces and options.")
+        .def(py::init<>())
+        .def_readwrite("path", &FileStreamSpec::path)
+        .def_readwrite("fd", &FileStreamSpec::fd)
+        .def_readwrite("dtype_code", &FileStreamSpec::dtype_code)
+        .def_readwrite("byteswap", &FileStreamSpec::byteswap)
+        .def_readwrite("tail", &FileStreamSpec::tail)
+        .def_readwrite("keep", &FileStreamSpec::keep)
+        .def_readwrite("offsets", &FileStreamSpec::offsets)
+        .def_readwrite("rows", &FileStreamSpec::rows)
+        .def_readwrite("out_base", &FileStreamSpec::out_base)
+        .def_readwrite("out_size", &FileStreamSpec::out_size)
+        .def_readwrite("nan_omit", &FileStreamSpec::nan_omit)
+        .def_readwrite("threads", &FileStreamSpec::threads)
+        .def_readwrite("sequential", &FileStreamSpec::sequential)
+        .def_readwrite("read_delay", &FileStreamSpec::read_delay)
+        .def_readwrite("reader_mode", &FileStreamSpec::reader_mode)
+        .def_readwrite("isa", &FileStreamSpec::isa);
+    m.def("stream_file", &stream_file, py::arg("spec"), py::arg("poll") = py::none(),
+          py::arg("poll_seconds") = 0.05,
+          "Flat (count, mean, m2, mean_lo) of a raw C-order array in a file, read piece by piece "
+          "(pread ring or a guarded memory map).");
 }
 
 }  // namespace fastmoments::python

@@ -137,18 +137,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 # -- stats -------------------------------------------------------------------------------------------
 
-def _npy_header(path: str) -> Optional[Tuple[Tuple[int, ...], np.dtype]]:
-    """(shape, dtype) from a .npy header without reading the data; None when not readable."""
+def _npy_header(path: str):
+    """The checked ``.npy`` header of ``path`` without reading the data; None when not readable
+    (the computation then reports why)."""
+    from ._npyfile import read_npy_header
+
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return None
-        return tuple(shape), np.dtype(dtype)
+            return read_npy_header(f, repr(path))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -158,13 +154,12 @@ def _describe_sources(paths: List[str]) -> Tuple[str, Optional[int]]:
     if len(paths) == 1:
         head = _npy_header(paths[0])
         if head is not None:
-            shape, dtype = head
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            return f"{paths[0]}: shape {shape}, {dtype}, {nbytes / 1e9:.3g} GB", nbytes
+            return (f"{paths[0]}: shape {head.shape}, {head.dtype}, {head.nbytes / 1e9:.3g} GB",
+                    head.nbytes)
         return paths[0], None
     heads = [_npy_header(p) for p in paths]
     if all(h is not None for h in heads):
-        nbytes = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d in heads)
+        nbytes = sum(h.nbytes for h in heads)
         return f"{len(paths)} files, {nbytes / 1e9:.3g} GB", nbytes
     return f"{len(paths)} sources", None
 
@@ -224,8 +219,9 @@ def write_stats(r, out: str, *, axis, ddof: int, nan_policy: str, sources: List[
     m2 = np.asarray(r.m2, dtype=np.float64)
     lower = out.lower()
     if lower.endswith(".npz"):
-        np.savez(out, count=count, mean=mean, m2=m2, variance=variance, std=std,
-                 ddof=np.int64(ddof))
+        with open(out, "wb") as f:  # a file object: np.savez would append ".npz" to "X.NPZ"
+            np.savez(f, count=count, mean=mean, m2=m2, variance=variance, std=std,
+                     ddof=np.int64(ddof))
     elif lower.endswith(".json"):
         doc = {
             "sources": sources,

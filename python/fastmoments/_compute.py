@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable, Optional, Tuple, Union
 
@@ -43,13 +44,17 @@ def check_nan_policy(nan_policy: str) -> str:
     return nan_policy
 
 
+# More threads than this is a mistake, not a machine (the kernel takes a C int).
+MAX_THREADS = 1 << 16
+
+
 def check_threads(threads: Optional[int]) -> int:
     if threads is None:
         return default_threads()
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
         raise TypeError(f"threads must be an int or None, got {threads!r}")
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
     return int(threads)
 
 
@@ -77,6 +82,9 @@ def load_npy(path: Union[str, os.PathLike]) -> np.ndarray:
 
 def as_array(data: Any) -> np.ndarray:
     """An ndarray view of ``data`` without copying arrays or memmaps."""
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError("fastmoments does not read the mask of a numpy.ma.MaskedArray; pass "
+                        "data.filled(np.nan) with nan_policy='omit', or data.compressed()")
     if isinstance(data, np.ndarray):
         return data
     if isinstance(data, (str, os.PathLike)):
@@ -84,19 +92,36 @@ def as_array(data: Any) -> np.ndarray:
     if isinstance(data, (complex, np.complexfloating)):
         raise TypeError("fastmoments cannot compute moments of complex values")
     try:
-        return np.asarray(data)
+        arr = np.asarray(data)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"cannot interpret {type(data).__name__} as an array: {exc}") from None
+    if arr.dtype.hasobject:
+        raise TypeError(f"fastmoments computes moments of arrays of numbers, got "
+                        f"{type(data).__name__} {_short_repr(data)}")
+    return arr
+
+
+def _short_repr(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class EmptyReductionError(ValueError):
+    """Some output would get no values: the reduced axes hold none (NumPy returns NaN and warns).
+    ``kept_shape`` is the shape the result would have had."""
+
+    def __init__(self, shape: Tuple[int, ...], kept_shape: Tuple[int, ...]):
+        super().__init__(f"cannot compute moments of an empty reduction: array of shape "
+                         f"{tuple(shape)} has no values along the reduced axes")
+        self.kept_shape = kept_shape
 
 
 def check_reduction(shape: Tuple[int, ...], kept: Tuple[int, ...]) -> None:
-    """``ValueError`` when some output would get no values (NumPy returns NaN with a warning)."""
-    n_reduced = int(np.prod([shape[i] for i in range(len(shape)) if i not in kept], dtype=np.int64))
-    if n_reduced == 0 and int(np.prod(kept_shape(shape, kept), dtype=np.int64)) > 0:
-        raise ValueError(
-            f"cannot compute moments of an empty reduction: array of shape {tuple(shape)} "
-            f"has no values along the reduced axes"
-        )
+    """:class:`EmptyReductionError` when some output would get no values."""
+    out_shape = kept_shape(shape, kept)
+    n_reduced = math.prod(shape[i] for i in range(len(shape)) if i not in kept)
+    if n_reduced == 0 and math.prod(out_shape) > 0:
+        raise EmptyReductionError(tuple(shape), out_shape)
 
 
 def nan_where_empty(count, mean, m2):
@@ -152,7 +177,7 @@ def _native_runner(arr, kept, code, threads, report):
 def _converting_runner(arr, kept, code, threads, report):
     """Non-native byte order: convert and reduce blocks along the outermost axis."""
     native = arr.dtype.newbyteorder("=")
-    if arr.ndim == 0:
+    if arr.size <= 1:  # converting it whole costs nothing
         return _native_runner(arr.astype(native), kept, code, threads, report)
     axis = int(np.argmax([abs(s) if n > 1 else -1 for s, n in zip(arr.strides, arr.shape)]))
     slice_bytes = max(1, arr.nbytes // max(1, arr.shape[axis]))

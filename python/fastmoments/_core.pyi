@@ -53,23 +53,30 @@ def combine(
 def read_bandwidth(buffer: Any, threads: int = 1) -> int:
     """Sum of the buffer's 64-bit words: a plain multi-threaded read loop for benchmarks."""
 
+class FileStreamSpec:
+    """One file's read plan for :func:`stream_file`: layout, pieces and options."""
+
+    path: str
+    fd: int
+    dtype_code: int
+    byteswap: bool
+    tail: List[int]
+    keep: List[bool]
+    offsets: npt.NDArray[np.int64]
+    rows: npt.NDArray[np.int64]
+    out_base: npt.NDArray[np.int64]
+    out_size: int
+    nan_omit: bool
+    threads: int
+    sequential: bool
+    read_delay: float
+    reader_mode: int
+    isa: str
+    def __init__(self) -> None: ...
+
 def stream_file(
-    path: str,
-    dtype_code: int,
-    byteswap: bool,
-    tail: Sequence[int],
-    keep: Sequence[bool],
-    offsets: npt.ArrayLike,
-    rows: npt.ArrayLike,
-    out_base: npt.ArrayLike,
-    out_size: int,
-    nan_omit: bool = False,
-    threads: int = 1,
+    spec: FileStreamSpec,
     poll: Optional[Callable[[int, int], object]] = None,
     poll_seconds: float = 0.05,
-    sequential: bool = True,
-    read_delay: float = 0.0,
-    reader_thread: bool = True,
-    isa: str = "",
 ) -> _States:
-    """Flat ``(count, mean, m2, mean_lo)`` of raw C-order arrays in a file, read piece by piece."""
+    """Flat ``(count, mean, m2, mean_lo)`` of a raw C-order array in a file, read piece by piece."""

@@ -31,3 +31,10 @@ def dtype_code(dtype: np.dtype) -> int:
 
 def is_native(dtype: np.dtype) -> bool:
     return dtype.byteorder in ("=", "|") or dtype.isnative
+
+
+def check_plain_dtype(dtype: np.dtype, where: str) -> None:
+    """``TypeError`` naming ``where`` unless ``dtype`` is a plain dtype the kernel reads."""
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise TypeError(f"{where} holds dtype {dtype!r}; fastmoments reads plain numeric dtypes")
+    dtype_code(dtype)

@@ -171,10 +171,18 @@ class Accumulator:
         self._state: Optional[Moments] = None
 
     def update(self, batch, **kwargs) -> "Accumulator":
-        from ._compute import compute
+        """Adds ``batch`` (anything :func:`fastmoments.compute` reads); a batch with no rows adds
+        nothing (its kept shape must still match earlier batches)."""
+        from ._compute import EmptyReductionError, compute
 
-        part = compute(batch, axis=self.axis, ddof=self.ddof, nan_policy=self.nan_policy,
-                       threads=self.threads, **kwargs)
+        try:
+            part = compute(batch, axis=self.axis, ddof=self.ddof, nan_policy=self.nan_policy,
+                           threads=self.threads, **kwargs)
+        except EmptyReductionError as exc:
+            if self._state is not None and exc.kept_shape != self._state.shape:
+                raise ValueError(f"batch statistics have shape {exc.kept_shape}, earlier batches "
+                                 f"had {self._state.shape}") from None
+            return self
         self._merge_state(part)
         return self
 

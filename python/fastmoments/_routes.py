@@ -55,9 +55,9 @@ def is_gpu_array(data: Any) -> bool:
 
 def is_stream_source(data: Any) -> bool:
     """Files and chunked stores read block by block (paths, lists of paths, memmaps, h5py, zarr)."""
-    if isinstance(data, (str, os.PathLike, np.memmap)):
+    if isinstance(data, (str, bytes, os.PathLike, np.memmap)):
         return True
-    if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, bytes, os.PathLike)) for d in data):
         return True
     return _module_name(data) in ("h5py", "zarr")
 

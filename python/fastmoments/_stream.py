@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import glob
+import math
 import mmap
 import os
-import struct
-import tokenize
+import stat
 import zipfile
 from collections import deque
 from dataclasses import dataclass
@@ -39,7 +39,9 @@ import numpy as np
 from . import _core
 from ._axes import keep_mask, kept_shape, normalize_keep_axes
 from ._compute import compute_array, nan_where_empty
-from ._dtypes import dtype_code, is_native
+from ._dtypes import check_plain_dtype, dtype_code, is_native
+from ._npyfile import (NPY_MAGIC, ZIP_MAGIC, checked_nbytes, npy_header_of_file, npz_member,
+                       read_npy_header, stored_member_data_start)
 from ._moments import Moments
 from ._progress import progress_reporter
 from ._routes import ComputeOptions
@@ -62,8 +64,6 @@ READER_MODE = None
 _READER_CODES = {None: 0, "thread": 1, "workers": 2, "map": 3}
 
 _GLOB_CHARS = frozenset("*?[")
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 # ---- sources --------------------------------------------------------------------------------------
@@ -77,10 +77,11 @@ class FileArray:
     dtype: np.dtype
     shape: Tuple[int, ...]
     fortran: bool = False
+    fd: int = -1  # an open descriptor on the file to read instead of opening path (not owned)
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 class ChunkedArray:
@@ -98,41 +99,52 @@ class ChunkedArray:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _check_dtype(dtype: np.dtype, where: str) -> None:
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise TypeError(f"{where} holds dtype {dtype!r}; fastmoments reads plain numeric dtypes")
-    dtype_code(dtype)  # TypeError for unsupported dtypes
+@dataclass
+class StreamedMember:
+    """A compressed ``.npz`` member, decompressed once, in order, piece by piece (bounded memory
+    whatever the compression ratio). ``shape`` is in storage order, as for ChunkedArray."""
+
+    where: str
+    stream: Any
+    dtype: np.dtype
+    shape: Tuple[int, ...]
+    fortran: bool
+    close: Callable[[], None]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            got = len(self.stream.read(min(n, BLOCK_BYTES)))
+            if got == 0:
+                raise ValueError(f"{self.where} is truncated")
+            n -= got
+
+    def read_exact(self, n: int) -> bytes:
+        buf = self.stream.read(n)
+        if len(buf) != n:
+            raise ValueError(f"{self.where} is truncated: its header promises more data than it holds")
+        return buf
 
 
-def _read_npy_header(f, where: str):
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            # 3.0 differs from 2.0 only by UTF-8 field names, which plain dtypes do not have
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unknown .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError) as exc:
-        raise ValueError(f"{where} is not a readable .npy file: {exc}") from None
-    _check_dtype(dtype, where)
-    return tuple(int(s) for s in shape), bool(fortran), dtype
-
-
-def _npy_source(path: str) -> FileArray:
-    with open(path, "rb") as f:
-        shape, fortran, dtype = _read_npy_header(f, repr(path))
-        offset = f.tell()
-    src = FileArray(path, offset, dtype, shape, fortran)
-    size = os.path.getsize(path)
-    if size < offset + src.nbytes:
-        raise ValueError(f"file {path!r} is truncated: its header promises {offset + src.nbytes} "
-                         f"bytes but the file has {size}")
-    return src
+def _regular_file_size(path: str) -> int:
+    """Size of the regular file at ``path``; ``ValueError`` for FIFOs, devices and sockets (which
+    would block or never end) and for files whose size is not known in advance (``/proc``)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path!r} is not a regular file; fastmoments reads files whose size is "
+                         f"known in advance")
+    if st.st_size == 0:
+        with open(path, "rb") as f:
+            if f.read(1):
+                raise ValueError(f"{path!r} reports a size of 0 but has content (a /proc or /sys "
+                                 f"file?); copy it to a regular file first")
+    return st.st_size
 
 
 def _raw_source(path: str, dtype: Any, shape: Optional[Sequence[int]]) -> FileArray:
@@ -140,7 +152,7 @@ def _raw_source(path: str, dtype: Any, shape: Optional[Sequence[int]]) -> FileAr
         dtype = np.dtype(dtype)
     except TypeError as exc:
         raise TypeError(f"dtype= is not a NumPy dtype: {dtype!r} ({exc})") from None
-    _check_dtype(dtype, f"dtype={dtype!r}")
+    check_plain_dtype(dtype, f"dtype={dtype!r}")
     shape = (-1,) if shape is None else tuple(shape)
     try:
         shape = tuple(int(s) for s in shape)
@@ -148,8 +160,8 @@ def _raw_source(path: str, dtype: Any, shape: Optional[Sequence[int]]) -> FileAr
         raise TypeError(f"shape= must be a tuple of ints, got {shape!r}") from None
     if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
         raise ValueError(f"shape= may hold one -1 and otherwise sizes >= 0, got {shape}")
-    size = os.path.getsize(path)
-    known = int(np.prod([s for s in shape if s != -1], dtype=np.int64)) * dtype.itemsize
+    size = _regular_file_size(path)
+    known = checked_nbytes([s for s in shape if s != -1], dtype.itemsize, "shape=")
     if -1 in shape:
         if known == 0 or size % known:
             raise ValueError(f"raw file {path!r} has {size} bytes, not a whole number of rows of "
@@ -161,69 +173,36 @@ def _raw_source(path: str, dtype: Any, shape: Optional[Sequence[int]]) -> FileAr
     return FileArray(path, 0, dtype, shape, False)
 
 
-def _npz_source(path: str, member: Optional[str]):
+def _npz_source(path: str, member: Optional[str], size: int):
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
         raise ValueError(f"{path!r} is not a readable .npz archive: {exc}") from None
     try:
-        names = [i.filename for i in zf.infolist() if not i.is_dir()]
-        if member is None:
-            if len(names) != 1:
-                raise ValueError(f"{path!r} holds {len(names)} arrays {names}; name one as "
-                                 f"'{path}::name'")
-            info = zf.getinfo(names[0])
-        else:
-            for cand in (member, member + ".npy"):
-                if cand in names:
-                    info = zf.getinfo(cand)
-                    break
-            else:
-                raise ValueError(f"{path!r} has no member {member!r}; it holds {names}")
+        info = npz_member(zf, path, member)
         where = f"member {info.filename!r} of {path!r}"
-        if info.flag_bits & 0x1:
-            raise ValueError(f"{where} is encrypted")
         if info.compress_type == zipfile.ZIP_STORED:
             with open(path, "rb") as f:
-                f.seek(info.header_offset)
-                local = f.read(30)
-                if len(local) != 30 or local[:4] != _ZIP_MAGIC:
-                    raise ValueError(f"{where}: bad local zip header")
-                name_len, extra_len = struct.unpack("<HH", local[26:30])
-                start = info.header_offset + 30 + name_len + extra_len
+                start = stored_member_data_start(f, info, where, size)
                 f.seek(start)
-                shape, fortran, dtype = _read_npy_header(f, where)
-                offset = f.tell()
-            src = FileArray(path, offset, dtype, shape, fortran)
-            if offset - start + src.nbytes > info.file_size:
-                raise ValueError(f"{where} is truncated")
-            if os.path.getsize(path) < offset + src.nbytes:
-                raise ValueError(f"file {path!r} is truncated")
+                head = read_npy_header(f, where)
+            if head.offset + head.nbytes > info.file_size:
+                raise ValueError(f"{where} is truncated: its header promises "
+                                 f"{head.offset + head.nbytes} bytes, the member holds {info.file_size}")
             zf.close()
-            return src
-        # Compressed: decompressed block by block, in order, by one thread.
-        stream = zf.open(info)
-        shape, fortran, dtype = _read_npy_header(stream, where)
-        cshape = tuple(reversed(shape)) if fortran else shape
-        row_bytes = int(np.prod(cshape[1:], dtype=np.int64)) * dtype.itemsize
-        state = {"pos": 0}
-
-        def read(r0: int, r1: int) -> np.ndarray:
-            if r0 != state["pos"]:  # sampling: skip forward (decompressing) to r0
-                stream.read((r0 - state["pos"]) * row_bytes)
-            want = (r1 - r0) * row_bytes
-            buf = stream.read(want)
-            if len(buf) != want:
-                raise ValueError(f"{where} is truncated")
-            state["pos"] = r1
-            return np.frombuffer(buf, dtype=dtype).reshape((r1 - r0,) + cshape[1:])
+            return FileArray(path, start + head.offset, head.dtype, head.shape, head.fortran)
+        try:
+            stream = zf.open(info)
+        except (zipfile.BadZipFile, NotImplementedError, EOFError, ValueError) as exc:
+            raise ValueError(f"{where} cannot be read: {exc}") from None
+        head = read_npy_header(stream, where)
+        cshape = tuple(reversed(head.shape)) if head.fortran else head.shape
 
         def close():
             stream.close()
             zf.close()
 
-        rows = max(1, SAMPLE_UNIT_BYTES // max(1, row_bytes))
-        return ChunkedArray(cshape, dtype, read, rows, sequential=True, fortran=fortran, close=close)
+        return StreamedMember(where, stream, head.dtype, cshape, head.fortran, close)
     except BaseException:
         zf.close()
         raise
@@ -235,7 +214,7 @@ def _is_glob(s: str) -> bool:
 
 def expand_paths(data: Any) -> List[str]:
     """Paths named by a path, a glob pattern or a list of them (globs sorted; none may be empty)."""
-    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    items = [data] if isinstance(data, (str, bytes, os.PathLike)) else list(data)
     out: List[str] = []
     for item in items:
         s = os.fspath(item)
@@ -261,6 +240,7 @@ def _path_source(spec: str, opts: ComputeOptions):
         raise FileNotFoundError(f"no such file: {path!r}")
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory; pass files or a glob such as '{path}/*.npy'")
+    size = _regular_file_size(path)
     if opts.dtype is not None:
         if member is not None:
             raise ValueError("dtype= and shape= describe raw files, not .npz members")
@@ -269,18 +249,23 @@ def _path_source(spec: str, opts: ComputeOptions):
         raise ValueError(f"shape= needs dtype= (raw binary file {path!r})")
     with open(path, "rb") as f:
         magic = f.read(6)
-    if magic[:4] == _ZIP_MAGIC:
-        return _npz_source(path, member)
+    if magic[:4] == ZIP_MAGIC:
+        return _npz_source(path, member, size)
     if member is not None:
         raise ValueError(f"{path!r} is not an .npz archive, so '::{member}' names nothing")
-    if magic != _NPY_MAGIC:
+    if magic != NPY_MAGIC:
         raise ValueError(f"{path!r} is neither a .npy nor an .npz file; for raw binary data pass "
                          f"dtype= and shape=")
-    return _npy_source(path)
+    head = npy_header_of_file(path, repr(path), size)
+    return FileArray(path, head.offset, head.dtype, head.shape, head.fortran)
 
 
 def _memmap_source(m: np.memmap):
-    """The file range behind a memmap, or None when it must be read in memory."""
+    """The file range behind a memmap, or None when it must be read in memory.
+
+    The file is re-opened by name only when that name still names the mapped file (same device and
+    inode as the mapping in ``/proc/self/maps``); a file replaced or unlinked since is read through
+    the mapping the caller holds."""
     mm = getattr(m, "_mmap", None)
     filename = getattr(m, "filename", None)
     if mm is None or filename is None or getattr(m, "mode", "r") == "c" or m.size == 0:
@@ -291,10 +276,46 @@ def _memmap_source(m: np.memmap):
         base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
     except (ValueError, TypeError):  # closed map
         return None
+    address = m.__array_interface__["data"][0]
+    fd = _open_mapped_file(os.fspath(filename), address)
+    if fd is None:
+        return None
     start = m.offset - m.offset % mmap.ALLOCATIONGRANULARITY  # where np.memmap starts its map
-    offset = start + (m.__array_interface__["data"][0] - base)
+    offset = start + (address - base)
     fortran = not m.flags.c_contiguous
-    return FileArray(os.fspath(filename), int(offset), m.dtype, tuple(m.shape), fortran)
+    return FileArray(os.fspath(filename), int(offset), m.dtype, tuple(m.shape), fortran, fd=fd)
+
+
+def _open_mapped_file(filename: str, address: int) -> Optional[int]:
+    """A read-only descriptor on ``filename`` if it is the file mapped at ``address``, else None."""
+    ident = _mapping_identity(address)
+    if ident is None:
+        return None
+    try:
+        fd = os.open(filename, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None  # unlinked or unreadable by name: the mapping is still there
+    st = os.fstat(fd)
+    if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) != ident or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _mapping_identity(address: int) -> Optional[Tuple[int, int, int]]:
+    """(major, minor, inode) of the file mapped at ``address`` in this process (Linux), or None."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                lo, _, hi = fields[0].partition(b"-")
+                if int(lo, 16) <= address < int(hi, 16):
+                    major, _, minor = fields[3].partition(b":")
+                    inode = int(fields[4])
+                    return (int(major, 16), int(minor, 16), inode) if inode else None
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _h5py_source(ds):
@@ -302,16 +323,20 @@ def _h5py_source(ds):
 
     if not isinstance(ds, h5py.Dataset):
         raise TypeError(f"fastmoments reads h5py Datasets, got {type(ds).__name__}")
-    _check_dtype(ds.dtype, f"dataset {ds.name!r}")
+    check_plain_dtype(ds.dtype, f"dataset {ds.name!r}")
     if ds.ndim == 0 or ds.size == 0:
-        return ds[()]
+        return np.asarray(ds[()])
     f = ds.file
     offset = ds.id.get_offset()
-    if ds.chunks is None and offset is not None and f.driver == "sec2" and not ds.external:
+    # Raw reads only where the data is written out whole (never-written storage reads as the fill
+    # value through h5py, and its "offset" may point at the superblock).
+    allocated = ds.id.get_storage_size() == ds.size * ds.dtype.itemsize
+    if (ds.chunks is None and offset is not None and allocated and f.driver == "sec2"
+            and not ds.external):
         if f.mode != "r":
             f.flush()  # the reader sees the file, not HDF5's cache
         return FileArray(f.filename, int(offset), ds.dtype, tuple(ds.shape), False)
-    chunk_rows = ds.chunks[0] if ds.chunks else 1
+    chunk_rows = ds.chunks[0] if ds.chunks else max(1, SAMPLE_UNIT_BYTES // max(1, ds.nbytes // ds.shape[0]))
     return ChunkedArray(ds.shape, ds.dtype, lambda a, b: ds[a:b], chunk_rows, sequential=False)
 
 
@@ -319,7 +344,7 @@ def _zarr_source(z):
     if not (hasattr(z, "chunks") and hasattr(z, "shape") and hasattr(z, "dtype")):
         raise TypeError(f"fastmoments reads zarr Arrays, got {type(z).__name__}")
     dtype = np.dtype(z.dtype)
-    _check_dtype(dtype, "zarr array")
+    check_plain_dtype(dtype, "zarr array")
     if len(z.shape) == 0 or int(np.prod(z.shape)) == 0:
         return np.asarray(z[...])
     return ChunkedArray(z.shape, dtype, lambda a, b: np.asarray(z[a:b]), z.chunks[0])
@@ -329,7 +354,7 @@ def sources_of(data: Any, opts: ComputeOptions) -> list:
     """FileArray / ChunkedArray / ndarray objects for ``data``."""
     mod = type(data).__module__.split(".")[0]
     if opts.dtype is not None or opts.shape is not None:
-        if not isinstance(data, (str, os.PathLike, list, tuple)):
+        if not isinstance(data, (str, bytes, os.PathLike, list, tuple)):
             raise ValueError("dtype= and shape= describe raw binary files given by path")
     if isinstance(data, np.memmap):
         src = _memmap_source(data)
@@ -338,7 +363,7 @@ def sources_of(data: Any, opts: ComputeOptions) -> list:
         return [_h5py_source(data)]
     if mod == "zarr":
         return [_zarr_source(data)]
-    if isinstance(data, (str, os.PathLike, list, tuple)):
+    if isinstance(data, (str, bytes, os.PathLike, list, tuple)):
         out = []
         try:
             for p in expand_paths(data):
@@ -352,8 +377,11 @@ def sources_of(data: Any, opts: ComputeOptions) -> list:
 
 def _close(sources) -> None:
     for s in sources:
-        if isinstance(s, ChunkedArray) and s.close is not None:
+        if isinstance(s, (ChunkedArray, StreamedMember)) and s.close is not None:
             s.close()
+        elif isinstance(s, FileArray) and s.fd >= 0:
+            os.close(s.fd)
+            s.fd = -1
 
 
 # ---- sampling ------------------------------------------------------------------------------------
@@ -447,14 +475,50 @@ def plan_pieces(shape: Tuple[int, ...], itemsize: int, keep: Sequence[bool],
 def _reduce_file(src: FileArray, keep_c, cshape, ranges, omit, opts, report, range_axis=0):
     itemsize = src.dtype.itemsize
     j, offsets, rows, out_base = plan_pieces(cshape, itemsize, keep_c, ranges, BLOCK_BYTES, range_axis)
-    out_size = int(np.prod(kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k)),
-                           dtype=np.int64))
+    spec = _core.FileStreamSpec()
+    spec.path, spec.fd = src.path, src.fd
+    spec.dtype_code, spec.byteswap = dtype_code(src.dtype), not is_native(src.dtype)
+    spec.tail, spec.keep = list(cshape[j + 1:]), list(keep_c[j:])
+    spec.offsets, spec.rows, spec.out_base = offsets * itemsize + src.offset, rows, out_base
+    spec.out_size = _kept_size(cshape, keep_c)
+    spec.nan_omit, spec.threads = omit, opts.threads
+    spec.sequential, spec.read_delay = len(ranges) == 1, READ_DELAY
+    spec.reader_mode = _READER_CODES[READER_MODE]
     poll = None if report is None else (lambda done, total: report(done))
-    count, mean, m2, mean_lo = _core.stream_file(
-        src.path, dtype_code(src.dtype), not is_native(src.dtype), list(cshape[j + 1:]),
-        list(keep_c[j:]), offsets * itemsize + src.offset, rows, out_base, out_size, omit,
-        opts.threads, poll, POLL_SECONDS, len(ranges) == 1, READ_DELAY,
-        _READER_CODES[READER_MODE], "")
+    return _core.stream_file(spec, poll, POLL_SECONDS)
+
+
+def _kept_size(cshape, keep_c) -> int:
+    return math.prod(n for n, k in zip(cshape, keep_c) if k)
+
+
+def _reduce_streamed(src: StreamedMember, keep_c, cshape, ranges, omit, opts, report):
+    """A compressed member, piece by piece as planned for files: pieces come in increasing offset
+    order, so the stream is decompressed once, skipping what a sample leaves out."""
+    itemsize = src.dtype.itemsize
+    j, offsets, rows, out_base = plan_pieces(cshape, itemsize, keep_c, ranges, BLOCK_BYTES)
+    tail = tuple(cshape[j + 1:])
+    keep = [bool(k) for k in keep_c[j:]]
+    slice_bytes = math.prod(tail) * itemsize
+    code = dtype_code(src.dtype)
+    native = src.dtype.newbyteorder("=")
+    size = _kept_size(cshape, keep_c)
+    count, mean, m2, mean_lo = (np.zeros(size, np.int64), np.zeros(size), np.zeros(size), np.zeros(size))
+    pos = done = 0
+    for off, r, base in zip((offsets * itemsize).tolist(), rows.tolist(), out_base.tolist()):
+        src.skip(off - pos)
+        want = r * slice_bytes
+        piece = np.frombuffer(src.read_exact(want), dtype=src.dtype).reshape((r,) + tail)
+        pos = off + want
+        if not is_native(src.dtype):
+            piece = piece.astype(native)  # one piece, never the whole member
+        c, m, q, lo = _core.reduce(piece, keep, code, omit, opts.threads, None)
+        at = slice(base, base + c.size)
+        count[at], mean[at], m2[at], mean_lo[at] = _core.combine(
+            count[at], mean[at], m2[at], c, m, q, mean_lo[at], lo)
+        done += want
+        if report is not None:
+            report(done)
     return count, mean, m2, mean_lo
 
 
@@ -539,7 +603,7 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
         return compute_array(arr, opts)
     total_shape = (sum(s[0] for s in shapes),) + shapes[0][1:]
     kept = normalize_keep_axes(opts.axis, ndim)
-    if int(np.prod(total_shape, dtype=np.int64)) == 0:
+    if math.prod(total_shape) == 0:
         return compute_array(np.zeros(total_shape, sources[0].dtype), opts)
     for s in sources:
         dtype_code(s.dtype)
@@ -564,7 +628,7 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
             if keep[0]:
                 raise ValueError(f"sample= draws rows along axis 0, which axis={opts.axis!r} "
                                  f"keeps; sample only when axis 0 is reduced")
-            if fortran and isinstance(src, ChunkedArray):
+            if fortran and not isinstance(src, FileArray):
                 raise ValueError(f"sample= needs an uncompressed file to read the rows of a "
                                  f"Fortran-order array ({_name(src)})")
             unit = src.chunk_rows if isinstance(src, ChunkedArray) else SAMPLE_UNIT_BYTES // max(1, row_bytes)
@@ -583,12 +647,14 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
             sub = None if report is None else (lambda done, b=base: report(b + done))
             if isinstance(src, FileArray):
                 state = _reduce_file(src, keep_c, cshape, ranges, omit, opts, sub, row_axis)
+            elif isinstance(src, StreamedMember):
+                state = _reduce_streamed(src, keep_c, cshape, ranges, omit, opts, sub)
             else:
                 state = _reduce_chunked(src, keep_c, cshape, ranges, omit, opts, sub)
             kshape = kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k))
             state = tuple(a.reshape(kshape) for a in state)
             if fortran:
-                state = tuple(np.ascontiguousarray(a.T) for a in state)
+                state = tuple(a.T.copy() for a in state)  # (ascontiguousarray would make 0-d 1-d)
             parts.append(state)
             rows_read += nrows
             base += nrows * row_bytes
@@ -619,7 +685,7 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
 
 
 def _logical_shape(src) -> Tuple[int, ...]:
-    if isinstance(src, ChunkedArray) and src.fortran:
+    if isinstance(src, (ChunkedArray, StreamedMember)) and src.fortran:
         return tuple(reversed(src.shape))
     return tuple(src.shape)
 
@@ -630,6 +696,9 @@ def _materialize(src) -> np.ndarray:
     if isinstance(src, FileArray):
         return np.memmap(src.path, dtype=src.dtype, mode="r", offset=src.offset, shape=src.shape,
                          order="F" if src.fortran else "C")
+    if isinstance(src, StreamedMember):  # 0-d members only: larger ones are reduced piece by piece
+        arr = np.frombuffer(src.read_exact(src.nbytes), dtype=src.dtype).reshape(src.shape)
+        return arr.T if src.fortran else arr
     return src.read(0, src.shape[0])
 
 

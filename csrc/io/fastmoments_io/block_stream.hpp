@@ -50,7 +50,8 @@ struct Piece {
 };
 
 struct StreamSpec {
-    std::string path;
+    std::string path;                 // the file, or only its name in messages when fd >= 0
+    int fd = -1;                      // an open descriptor to read instead of opening path (not closed)
     DType dtype = DType::Float64;
     bool byteswap = false;            // file stored in the other byte order
     std::vector<int64_t> tail;        // sizes of the axes after the split axis
@@ -105,7 +106,9 @@ public:
         const int64_t n = static_cast<int64_t>(s_.pieces.size());
         for (int64_t i = 0; i < s_.out_size; ++i) out[i] = MomentState{};
         if (n == 0) return res;
-        fd_ = ::open(s_.path.c_str(), O_RDONLY | O_CLOEXEC);
+        // O_NONBLOCK: a FIFO or device must not block the open; it is refused just below.
+        fd_ = s_.fd >= 0 ? ::fcntl(s_.fd, F_DUPFD_CLOEXEC, 0)
+                         : ::open(s_.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd_ < 0) return os_error(errno, "cannot open");
         struct FdCloser {
             int& fd;
@@ -113,6 +116,7 @@ public:
         } closer{fd_};
         struct stat st;
         if (::fstat(fd_, &st) != 0) return os_error(errno, "cannot stat");
+        if (!S_ISREG(st.st_mode)) return os_error(EINVAL, "not a regular file:");
         int64_t end = 0;
         for (const Piece& p : s_.pieces) end = std::max(end, p.offset + p.rows * slice_bytes_);
         if (static_cast<int64_t>(st.st_size) < end)
@@ -123,7 +127,10 @@ public:
         // with the kernel's own threads when per-piece states would be large (huge kept shapes).
         const int64_t piece_states = (s_.keep[0] ? max_rows_ : 1) * inner_states_;
         const int threads = std::max(1, s_.threads);
-        int workers = static_cast<int>(std::min<int64_t>(threads, n));
+        // Each worker holds a piece buffer: more workers than CPUs add memory, not speed, so the
+        // buffers stay bounded whatever `threads` asks (the bits never depend on the count).
+        const int64_t cpus = std::max(1u, std::thread::hardware_concurrency());
+        int workers = static_cast<int>(std::min<int64_t>(std::min<int64_t>(threads, n), cpus));
         // Finished pieces wait in a window of result slots until the pieces before them are merged.
         if (static_cast<int64_t>(sizeof(MomentState)) * piece_states * 4 * workers > (int64_t(64) << 20))
             workers = 1;
