@@ -1,4 +1,8 @@
 #include <pybind11/pybind11.h>
+
+#include <string>
+
+#include <fastmoments/dtypes.hpp>
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -24,6 +28,13 @@ void register_build_info(py::module_& m) {
     info["compiler"] = "unknown";
 #endif
     m.attr("_compiled_info") = info;
+    // The dtype table, read by python/fastmoments/_dtypes.py: (name, code, itemsize, kind).
+    py::list dtypes;
+    for (int code = 0; code <= static_cast<int>(DType::Float64); ++code) {
+        const auto t = static_cast<DType>(code);
+        dtypes.append(py::make_tuple(dtype_name(t), code, dtype_itemsize(t), std::string(1, dtype_kind(t))));
+    }
+    m.attr("dtypes") = py::tuple(dtypes);
 }
 
 }  // namespace fastmoments::python

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compute import compute, default_threads
-from ._moments import Accumulator, Moments
+from ._accumulator import Accumulator
+from ._checks import default_threads
+from ._compute import compute
+from ._moments import Moments
 from ._info import build_info
 
 __version__ = build_info()["version"]

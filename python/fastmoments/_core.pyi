@@ -12,6 +12,9 @@ import numpy.typing as npt
 _States = Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
 """``(count, mean, m2, mean_lo)``: mean_lo is the rounding residual of mean."""
 
+dtypes: Tuple[Tuple[str, int, int, str], ...]
+"""The kernel's dtype table: ``(name, code, itemsize, kind)`` per type, kind a NumPy kind letter."""
+
 supported_isas: List[str]
 """Compiled instruction-set variants this CPU can run, best first (e.g. ``["avx2", "baseline"]``)."""
 

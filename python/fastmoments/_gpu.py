@@ -13,10 +13,12 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from ._axes import keep_mask, normalize_keep_axes
-from ._compute import check_reduction, moments_by_nan_policy
-from ._dtypes import dtype_code, is_native
-from ._moments import Moments
-from ._routes import ComputeOptions, is_gpu_array
+from ._dtypes import dtype_code, is_floating_code, is_native
+from ._finish import check_reduction, finish, kernel_omits, values_per_output
+from ._moments import Moments, State
+from ._npyfile import load_npy
+from ._checks import ComputeOptions, as_array
+from ._routes import is_gpu_array
 
 # Host data goes to the GPU in slabs of about this many bytes, through this many pinned buffers.
 HOST_CHUNK_BYTES = 64 << 20
@@ -153,9 +155,7 @@ def device_view(data: Any, mod: Any) -> DeviceView:
 # -- the route -------------------------------------------------------------------------------------
 
 def _host_array(data: Any) -> np.ndarray:
-    from ._compute import as_array
-
-    arr = as_array(data)
+    arr = as_array(load_npy(data) if isinstance(data, (str, bytes, os.PathLike)) else data)
     if not is_native(arr.dtype) or not arr.flags.aligned:
         # The device reads native, aligned values; other arrays are converted once (a copy).
         arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
@@ -178,7 +178,7 @@ def compute(data: Any, opts: ComputeOptions) -> Moments:
         def run(omit: bool):
             return mod.reduce_device(view.ptr, view.device, view.code, list(view.shape),
                                      list(view.strides), keep, omit, view.stream)
-        integer = view.code <= 8
+        code, shape = view.code, view.shape
     else:
         if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
             raise TypeError("device='cuda' reads one array, memmap or .npy file at a time")
@@ -193,6 +193,9 @@ def compute(data: Any, opts: ComputeOptions) -> Moments:
 
         def run(omit: bool):
             return mod.reduce_host(arr, keep, code, omit, -1, HOST_CHUNK_BYTES, HOST_BUFFERS, opts.threads)
-        integer = arr.dtype.kind in "biu" and arr.dtype.itemsize < 8
+        shape = arr.shape
 
-    return moments_by_nan_policy(run, opts.nan_policy, not integer, opts.ddof)
+    floating = is_floating_code(code)
+    state = State.of(run(kernel_omits(opts.nan_policy, floating)), tuple(shape[i] for i in kept))
+    return finish(state, nan_policy=opts.nan_policy, floating=floating,
+                  expected=values_per_output(shape, kept), ddof=opts.ddof)

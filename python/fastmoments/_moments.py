@@ -1,14 +1,53 @@
-"""``Moments``: a mergeable (count, mean, m2) result, and ``Accumulator`` for data in batches."""
+"""The state record and the result: ``State`` is what every kernel, door and merge passes on
+(count, mean, m2, mean_lo, whole); ``Moments`` is the public result built from it."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _core
-from ._axes import AxisLike
+
+
+class State(NamedTuple):
+    """Per-index ``count`` (int64), ``mean``, ``m2`` and ``mean_lo`` (float64), one shape: the
+    transport between the kernels (``_core``, ``_cuda``, the TF op) and ``Moments``. A kernel's
+    4-tuple becomes one with :meth:`of`; :meth:`merge` is the one Chan merge (``_core.combine``)."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    mean_lo: np.ndarray
+
+    @classmethod
+    def of(cls, arrays: Sequence[Any], shape: Optional[Tuple[int, ...]] = None) -> "State":
+        """From a kernel's ``(count, mean, m2, mean_lo)``, reshaped to ``shape`` if given."""
+        if len(arrays) != 4:
+            raise ValueError(f"a moment state has 4 parts (count, mean, m2, mean_lo), got {len(arrays)}")
+        count, mean, m2, lo = (np.asarray(a) for a in arrays)
+        state = cls(count.astype(np.int64, copy=False), mean.astype(np.float64, copy=False),
+                    m2.astype(np.float64, copy=False), lo.astype(np.float64, copy=False))
+        return state if shape is None else state.reshape(shape)
+
+    @classmethod
+    def empty(cls, shape: Tuple[int, ...]) -> "State":
+        """Count 0 everywhere: the identity of :meth:`merge`."""
+        return cls(np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape), np.zeros(shape))
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.mean.shape
+
+    def reshape(self, shape: Tuple[int, ...]) -> "State":
+        return State(*(a.reshape(shape) for a in self))
+
+    def merge(self, other: "State") -> "State":
+        """The state of the union of both data (Chan et al. 1983), elementwise."""
+        c, m, q, lo = _core.combine(self.count, self.mean, self.m2, other.count, other.mean,
+                                    other.m2, self.mean_lo, other.mean_lo)
+        return State.of((c, m, q, lo), self.shape)
 
 
 def _scalar_or_array(a: np.ndarray) -> Any:
@@ -63,6 +102,16 @@ class Moments:
         self.ddof = int(ddof)
         self.sample = sample
 
+    @classmethod
+    def from_state(cls, state: State, *, ddof: int = 0, sample: Optional[float] = None) -> "Moments":
+        """The result holding ``state`` (the one place kernels' states become ``Moments``)."""
+        return cls(state.count, state.mean, state.m2, ddof=ddof, sample=sample, mean_lo=state.mean_lo)
+
+    @property
+    def state(self) -> State:
+        """The full state record, ``mean_lo`` included (arrays, not copies)."""
+        return State(self._count, self._mean, self._m2, self._mean_lo)
+
     # -- the statistics ---------------------------------------------------------------------------
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -102,11 +151,8 @@ class Moments:
             raise TypeError(f"can only merge Moments with Moments, got {type(other).__name__}")
         if other.shape != self.shape:
             raise ValueError(f"cannot merge Moments of shape {self.shape} with shape {other.shape}")
-        c, m, q, lo = (a.reshape(self.shape) for a in _core.combine(
-            self._count, self._mean, self._m2, other._count, other._mean, other._m2,
-            self._mean_lo, other._mean_lo))
         sample = self.sample if self.sample is not None else other.sample
-        return Moments(c, m, q, ddof=self.ddof, sample=sample, mean_lo=lo)
+        return Moments.from_state(self.state.merge(other.state), ddof=self.ddof, sample=sample)
 
     __add__ = merge
 
@@ -146,71 +192,3 @@ class Moments:
             return (f"Moments(count={self.count}, mean={float(self._mean)!r}, "
                     f"m2={float(self._m2)!r}, ddof={self.ddof}{extra})")
         return f"Moments(shape={self.shape}, ddof={self.ddof}{extra})"
-
-
-class Accumulator:
-    """Statistics of data that arrives in batches: ``update`` each batch, ``result`` at the end.
-
-    Batches are reduced with :func:`fastmoments.compute` and merged exactly, so the result equals
-    one pass over the concatenated data (to rounding), whatever the batch sizes.
-
-    Parameters
-    ----------
-    axis : None, int or tuple of ints
-        Axes that keep separate statistics (as in ``keras.layers.Normalization``).
-    ddof, nan_policy, threads :
-        As in :func:`fastmoments.compute`.
-    """
-
-    def __init__(self, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = "propagate",
-                 threads: Optional[int] = None):
-        self.axis = axis
-        self.ddof = ddof
-        self.nan_policy = nan_policy
-        self.threads = threads
-        self._state: Optional[Moments] = None
-
-    def update(self, batch, **kwargs) -> "Accumulator":
-        """Adds ``batch`` (anything :func:`fastmoments.compute` reads); a batch with no rows adds
-        nothing (its kept shape must still match earlier batches)."""
-        from ._compute import EmptyReductionError, compute
-
-        try:
-            part = compute(batch, axis=self.axis, ddof=self.ddof, nan_policy=self.nan_policy,
-                           threads=self.threads, **kwargs)
-        except EmptyReductionError as exc:
-            if self._state is not None and exc.kept_shape != self._state.shape:
-                raise ValueError(f"batch statistics have shape {exc.kept_shape}, earlier batches "
-                                 f"had {self._state.shape}") from None
-            return self
-        self._merge_state(part)
-        return self
-
-    def _merge_state(self, part: Moments) -> None:
-        if self._state is None:
-            self._state = part
-        elif part.shape != self._state.shape:
-            raise ValueError(
-                f"batch statistics have shape {part.shape}, earlier batches had {self._state.shape}"
-            )
-        else:
-            self._state = self._state.merge(part)
-
-    def merge(self, other: "Accumulator") -> "Accumulator":
-        if not isinstance(other, Accumulator):
-            raise TypeError(f"can only merge an Accumulator, got {type(other).__name__}")
-        if other._state is not None:
-            self._merge_state(other._state)
-        return self
-
-    @property
-    def empty(self) -> bool:
-        return self._state is None
-
-    def result(self) -> Moments:
-        if self._state is None:
-            raise ValueError("Accumulator.result(): no data was added")
-        return self._state.with_ddof(self.ddof)
-
-    def __repr__(self) -> str:
-        return f"Accumulator(axis={self.axis!r}, state={self._state!r})"

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import struct
 import tokenize
 import zipfile
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Sequence, Tuple
+from typing import Any, BinaryIO, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -132,3 +133,21 @@ def stored_member_data_start(f: BinaryIO, info: zipfile.ZipInfo, where: str, fil
         raise ValueError(f"{where} is truncated: the member needs {start + info.file_size} bytes "
                          f"but the archive has {file_size}")
     return start
+
+
+def load_npy(path: Union[str, bytes, "os.PathLike[str]"]) -> np.ndarray:
+    """A read-only memory map of the ``.npy`` file at ``path`` (never read whole), its header
+    checked first; ``ValueError`` naming the file for anything that is not a plain .npy array."""
+    path = os.fsdecode(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    npy_header_of_file(path, repr(path), os.path.getsize(path))
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path!r} is not a readable .npy file: {exc}") from None
+    if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "close"):
+            arr.close()
+        raise ValueError(f"{path!r} is not a .npy file (an .npz archive? pass one member)")
+    return arr

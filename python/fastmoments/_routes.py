@@ -9,28 +9,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._axes import AxisLike
-
-
-@dataclass(frozen=True)
-class ComputeOptions:
-    """Validated ``compute`` arguments handed to a route."""
-
-    axis: AxisLike = -1
-    ddof: int = 0
-    nan_policy: str = "propagate"
-    threads: int = 1
-    progress: Any = False
-    device: str = "auto"
-    sample: Optional[Union[float, int]] = None
-    sample_seed: Optional[int] = None
-    dtype: Any = None
-    shape: Optional[Tuple[int, ...]] = None
 
 
 def _module_name(obj: Any) -> str:
@@ -62,10 +44,15 @@ def is_stream_source(data: Any) -> bool:
     return _module_name(data) in ("h5py", "zarr")
 
 
+def wants_gpu(data: Any, device: str) -> bool:
+    """Whether in-memory ``data`` is reduced on the GPU: asked for, or a GPU array under "auto"."""
+    return device == "cuda" or (device == "auto" and is_gpu_array(data))
+
+
 # (predicate(data, device) -> bool, "module:function")
 ROUTES: Sequence[Tuple[Callable[[Any, str], bool], str]] = (
     (lambda d, dev: is_dask_collection(d), "fastmoments.dask:compute_eager"),
-    (lambda d, dev: dev == "cuda" or (dev == "auto" and is_gpu_array(d)), "fastmoments._gpu:compute"),
+    (wants_gpu, "fastmoments._gpu:compute"),
     (lambda d, dev: is_stream_source(d), "fastmoments._stream:compute"),
 )
 

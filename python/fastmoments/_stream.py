@@ -38,13 +38,14 @@ import numpy as np
 
 from . import _core
 from ._axes import keep_mask, kept_shape, normalize_keep_axes
-from ._compute import compute_array, nan_where_empty
-from ._dtypes import check_plain_dtype, dtype_code, is_native
+from ._array import array_moments
+from ._dtypes import check_plain_dtype, dtype_code, is_floating, is_native
+from ._finish import finish, kernel_omits
 from ._npyfile import (NPY_MAGIC, ZIP_MAGIC, checked_nbytes, npy_header_of_file, npz_member,
                        read_npy_header, stored_member_data_start)
-from ._moments import Moments
+from ._moments import Moments, State
 from ._progress import progress_reporter
-from ._routes import ComputeOptions
+from ._checks import ComputeOptions
 
 # Bytes per piece handed to one worker: a small multiple fits the L3 cache, large enough for the
 # disk to stream. Fixed (never derived from the thread count): piece boundaries decide the bits.
@@ -386,18 +387,6 @@ def _close(sources) -> None:
 
 # ---- sampling ------------------------------------------------------------------------------------
 
-def _check_sample(sample) -> None:
-    if sample is None:
-        return
-    if isinstance(sample, (bool, np.bool_)) or not isinstance(sample, (int, float, np.integer, np.floating)):
-        raise TypeError(f"sample must be a fraction in (0, 1] or a number of rows, got {sample!r}")
-    if isinstance(sample, (float, np.floating)):
-        if not 0.0 < float(sample) <= 1.0:
-            raise ValueError(f"a fractional sample must lie in (0, 1], got {sample!r}")
-    elif sample < 1:
-        raise ValueError(f"a sample of rows must be >= 1, got {sample!r}")
-
-
 def sample_ranges(n_rows: int, unit_rows: int, fraction: float, seed) -> Tuple[List[Tuple[int, int]], int]:
     """Sorted, merged row ranges covering about ``fraction`` of ``n_rows`` in units of rows."""
     unit_rows = max(1, int(unit_rows))
@@ -502,8 +491,7 @@ def _reduce_streamed(src: StreamedMember, keep_c, cshape, ranges, omit, opts, re
     slice_bytes = math.prod(tail) * itemsize
     code = dtype_code(src.dtype)
     native = src.dtype.newbyteorder("=")
-    size = _kept_size(cshape, keep_c)
-    count, mean, m2, mean_lo = (np.zeros(size, np.int64), np.zeros(size), np.zeros(size), np.zeros(size))
+    out = State.empty((_kept_size(cshape, keep_c),))
     pos = done = 0
     for off, r, base in zip((offsets * itemsize).tolist(), rows.tolist(), out_base.tolist()):
         src.skip(off - pos)
@@ -512,14 +500,15 @@ def _reduce_streamed(src: StreamedMember, keep_c, cshape, ranges, omit, opts, re
         pos = off + want
         if not is_native(src.dtype):
             piece = piece.astype(native)  # one piece, never the whole member
-        c, m, q, lo = _core.reduce(piece, keep, code, omit, opts.threads, None)
-        at = slice(base, base + c.size)
-        count[at], mean[at], m2[at], mean_lo[at] = _core.combine(
-            count[at], mean[at], m2[at], c, m, q, mean_lo[at], lo)
+        part = State.of(_core.reduce(piece, keep, code, omit, opts.threads, None))
+        at = slice(base, base + part.count.size)
+        merged = State(*(a[at] for a in out)).merge(part.reshape((part.count.size,)))
+        for whole, new in zip(out, merged):
+            whole[at] = new
         done += want
         if report is not None:
             report(done)
-    return count, mean, m2, mean_lo
+    return out
 
 
 # ---- the chunked pipeline (h5py, zarr, compressed npz) -----------------------------------------------
@@ -532,10 +521,7 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
     native = src.dtype.newbyteorder("=") if src.dtype.byteorder not in "=|" else src.dtype
     kept = tuple(i for i, k in enumerate(keep_c) if k)
     out_shape = kept_shape(cshape, kept)
-    count = np.zeros(out_shape, np.int64)
-    mean = np.zeros(out_shape)
-    m2 = np.zeros(out_shape)
-    mean_lo = np.zeros(out_shape)
+    out = State.empty(out_shape)
     workers = 1 if src.sequential else max(2, min(opts.threads, 8))
     depth = workers + 1
     done = 0
@@ -557,12 +543,12 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
             if arr.shape != (r1 - r0,) + tuple(cshape[1:]):
                 raise ValueError(f"read rows {r0}:{r1} with shape {arr.shape}, expected "
                                  f"{(r1 - r0,) + tuple(cshape[1:])}")
-            c, m, q, lo = _core.reduce(arr, list(keep_c), code, omit, opts.threads, None)
+            part = State.of(_core.reduce(arr, list(keep_c), code, omit, opts.threads, None))
             if keep_c[0]:
-                count[r0:r1], mean[r0:r1], m2[r0:r1], mean_lo[r0:r1] = c, m, q, lo
+                for whole, new in zip(out, part):
+                    whole[r0:r1] = new
             else:
-                count, mean, m2, mean_lo = (a.reshape(out_shape) for a in
-                                            _core.combine(count, mean, m2, c, m, q, mean_lo, lo))
+                out = out.merge(part)
             done += arr.nbytes
             if report is not None:
                 report(done)
@@ -570,14 +556,13 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
         for _, fut in pending:
             fut.cancel()
         ex.shutdown(wait=True)
-    return count.ravel(), mean.ravel(), m2.ravel(), mean_lo.ravel()
+    return out
 
 
 # ---- compute -------------------------------------------------------------------------------------
 
 def compute(data: Any, opts: ComputeOptions) -> Moments:
     """Moments of a file, list of files, memmap, h5py dataset or zarr array (see module doc)."""
-    _check_sample(opts.sample)
     sources = sources_of(data, opts)
     try:
         return _compute_sources(sources, opts)
@@ -589,7 +574,7 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
     if len(sources) == 1 and isinstance(sources[0], np.ndarray):
         if opts.sample is not None:
             raise ValueError("sample= needs a file-backed source")
-        return compute_array(sources[0], opts)
+        return array_moments(sources[0], opts)
     shapes = [_logical_shape(s) for s in sources]
     ndim = len(shapes[0])
     for p, s in zip(sources, shapes):
@@ -600,14 +585,13 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
         if opts.sample is not None:
             raise ValueError("sample= needs file-backed sources")
         arr = np.concatenate([_materialize(s) for s in sources]) if ndim else _materialize(sources[0])
-        return compute_array(arr, opts)
+        return array_moments(arr, opts)
     total_shape = (sum(s[0] for s in shapes),) + shapes[0][1:]
     kept = normalize_keep_axes(opts.axis, ndim)
     if math.prod(total_shape) == 0:
-        return compute_array(np.zeros(total_shape, sources[0].dtype), opts)
-    for s in sources:
-        dtype_code(s.dtype)
-    omit = opts.nan_policy != "propagate"
+        return array_moments(np.zeros(total_shape, sources[0].dtype), opts)
+    floating = any(is_floating(s.dtype) for s in sources)
+    omit = kernel_omits(opts.nan_policy, floating)
     fraction = None
     if opts.sample is not None:
         if isinstance(opts.sample, (float, np.floating)):
@@ -623,7 +607,7 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
         keep_c = list(reversed(keep)) if fortran else keep
         # Rows (axis 0 of the data) are the storage's last axis in a Fortran-order file.
         row_axis = ndim - 1 if fortran else 0
-        row_bytes = int(np.prod(shp[1:], dtype=np.int64)) * src.dtype.itemsize
+        row_bytes = math.prod(shp[1:]) * src.dtype.itemsize
         if fraction is not None:
             if keep[0]:
                 raise ValueError(f"sample= draws rows along axis 0, which axis={opts.axis!r} "
@@ -646,42 +630,30 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
         for src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes, _ in plans:
             sub = None if report is None else (lambda done, b=base: report(b + done))
             if isinstance(src, FileArray):
-                state = _reduce_file(src, keep_c, cshape, ranges, omit, opts, sub, row_axis)
+                raw = _reduce_file(src, keep_c, cshape, ranges, omit, opts, sub, row_axis)
             elif isinstance(src, StreamedMember):
-                state = _reduce_streamed(src, keep_c, cshape, ranges, omit, opts, sub)
+                raw = _reduce_streamed(src, keep_c, cshape, ranges, omit, opts, sub)
             else:
-                state = _reduce_chunked(src, keep_c, cshape, ranges, omit, opts, sub)
-            kshape = kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k))
-            state = tuple(a.reshape(kshape) for a in state)
+                raw = _reduce_chunked(src, keep_c, cshape, ranges, omit, opts, sub)
+            state = State.of(raw, kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k)))
             if fortran:
-                state = tuple(a.T.copy() for a in state)  # (ascontiguousarray would make 0-d 1-d)
+                state = State(*(a.T.copy() for a in state))  # (ascontiguousarray makes 0-d 1-d)
             parts.append(state)
             rows_read += nrows
             base += nrows * row_bytes
-    # parts: (count, mean, m2, mean_lo) per source, concatenated or merged in source order
+    # One state per source, concatenated (axis 0 kept) or merged in source order.
     if 0 in kept:
-        count, mean, m2, mean_lo = (np.concatenate([p[k] for p in parts], axis=0) for k in range(4))
+        total = State(*(np.concatenate([p[k] for p in parts], axis=0) for k in range(4)))
     else:
-        count, mean, m2, mean_lo = parts[0]
-        for c, m, q, lo in parts[1:]:
-            count, mean, m2, mean_lo = (a.reshape(count.shape) for a in
-                                        _core.combine(count, mean, m2, c, m, q, mean_lo, lo))
-    if opts.nan_policy == "raise" and any(s.dtype.kind == "f" or s.dtype.name == "bfloat16"
-                                          for s in sources):
-        # Values each output should have counted: fewer means NaN inputs were omitted.
-        per_part = []
-        for _, cshape, keep_c, _, nrows, fortran, _, _, _ in plans:
-            sizes = list(cshape)
-            sizes[ndim - 1 if fortran else 0] = nrows  # rows read along the data's axis 0
-            per_part.append(int(np.prod([sizes[k] for k in range(ndim) if not keep_c[k]],
-                                        dtype=np.int64)))
-        expected = per_part[0] if 0 in kept else sum(per_part)
-        if np.any(count != expected):
-            raise ValueError("the data contains NaN (nan_policy='raise')")
+        total = parts[0]
+        for p in parts[1:]:
+            total = total.merge(p)
+    # Values each output would count without NaNs (rows read along the data's axis 0).
+    per_row = math.prod(shapes[0][k] for k in range(1, ndim) if k not in kept)
+    expected = per_row if 0 in kept else per_row * rows_read
     sample = None if fraction is None else rows_read / max(1, sum(p[-1] for p in plans))
-    if opts.nan_policy == "omit":
-        mean, m2 = nan_where_empty(count, mean, m2)
-    return Moments(count, mean, m2, ddof=opts.ddof, sample=sample, mean_lo=mean_lo)
+    return finish(total, nan_policy=opts.nan_policy, floating=floating, expected=expected,
+                  ddof=opts.ddof, sample=sample)
 
 
 def _logical_shape(src) -> Tuple[int, ...]:

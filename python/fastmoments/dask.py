@@ -24,11 +24,13 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from ._axes import AxisLike, normalize_keep_axes
-from ._compute import check_ddof, check_nan_policy, check_threads, compute
+from ._array import array_moments
+from ._checks import ComputeOptions, as_array, check_ddof, check_nan_policy, check_threads
 from ._dtypes import dtype_code
+from ._finish import check_reduction
 from ._moments import Moments
 from ._progress import progress_reporter
-from ._routes import ComputeOptions
+from ._routes import wants_gpu
 
 __all__ = ["STATE_DTYPE", "compute_eager", "moments", "moments_to_states", "state_array",
            "states_to_moments"]
@@ -77,10 +79,21 @@ def _chunk_states(block: np.ndarray, axis: Tuple[int, ...], keepdims: bool = Tru
     if computing_meta or n_reduced == 0 or block.size == 0:
         states = _zero_states(out_shape)
     else:
-        m = compute(block, axis=kept if kept else None, nan_policy=nan_policy, threads=threads,
-                    device=device)
-        states = moments_to_states(m).reshape(out_shape)
+        states = moments_to_states(_block_moments(block, kept, nan_policy, threads, device))
+        states = states.reshape(out_shape)
     return states if keepdims else states.reshape(tuple(block.shape[i] for i in kept))
+
+
+def _block_moments(block: Any, kept: Tuple[int, ...], nan_policy: str, threads: int,
+                   device: str) -> Moments:
+    """One chunk through the in-memory kernels (CPU, or the GPU for GPU-backed chunks)."""
+    opts = ComputeOptions(axis=kept if kept else None, nan_policy=nan_policy, threads=threads,
+                          device=device)
+    if wants_gpu(block, device):
+        from ._gpu import compute as gpu_moments
+
+        return gpu_moments(block, opts)
+    return array_moments(as_array(block), opts)
 
 
 def _merge_states(states: np.ndarray, axis: Tuple[int, ...], keepdims: bool = True,
@@ -139,11 +152,7 @@ def state_array(darr: Any, axis: AxisLike = -1, *, split_every: Optional[Any] = 
     dtype_code(darr.dtype)  # TypeError now for dtypes the kernel cannot read, not in a worker
     kept = normalize_keep_axes(axis, darr.ndim)
     reduced = tuple(i for i in range(darr.ndim) if i not in kept)
-    if not any(math.isnan(s) for s in darr.shape):
-        n_reduced = math.prod(darr.shape[i] for i in reduced)
-        if n_reduced == 0 and math.prod(darr.shape[i] for i in kept) > 0:
-            raise ValueError(f"cannot compute moments of an empty reduction: array of shape "
-                             f"{darr.shape} has no values along the reduced axes")
+    check_reduction(darr.shape, kept, what="dask array")
     chunk = partial(_chunk_states, nan_policy=nan_policy, threads=threads, device=device)
     return da.reduction(darr, chunk, _merge_states, combine=_merge_states, axis=reduced,
                         keepdims=False, dtype=STATE_DTYPE, split_every=split_every,

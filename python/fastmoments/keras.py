@@ -24,8 +24,11 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 import keras
 import numpy as np
 
-from ._compute import check_nan_policy, compute, load_npy
-from ._moments import Accumulator, Moments
+from ._accumulator import Accumulator
+from ._checks import check_nan_policy
+from ._compute import compute
+from ._moments import Moments
+from ._npyfile import load_npy
 from ._routes import is_dask_collection
 
 __all__ = ["FastNorm", "FastNormWarning", "AUTO_PROGRESS_BYTES", "AUTO_PROGRESS_BATCHES"]

@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from . import _core
 from ._axes import AxisLike, normalize_keep_axes
-from ._compute import check_ddof, check_nan_policy, check_threads, compute
+from ._checks import check_ddof, check_nan_policy, check_threads
+from ._compute import compute
 from ._moments import Moments
 
 __all__ = [

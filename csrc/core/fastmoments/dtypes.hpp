@@ -31,6 +31,14 @@ inline const char* dtype_name(DType t) {
     return "unknown";
 }
 
+// NumPy's kind letter of each type: 'b' bool, 'i' signed, 'u' unsigned, 'f' floating point.
+inline char dtype_kind(DType t) {
+    if (t == DType::Bool) return 'b';
+    if (t >= DType::Int8 && t <= DType::Int64) return 'i';
+    if (t >= DType::UInt8 && t <= DType::UInt64) return 'u';
+    return 'f';
+}
+
 inline int dtype_itemsize(DType t) {
     switch (t) {
         case DType::Bool: case DType::Int8: case DType::UInt8: return 1;

@@ -1,0 +1,68 @@
+"""The CPU kernel over an ndarray (any strides, byte order, memmap): the in-memory door, and the
+reduction that the file door uses for data it holds in memory."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._axes import keep_mask, normalize_keep_axes
+from ._dtypes import dtype_code, is_floating, is_native
+from ._finish import check_reduction, finish, kernel_omits, values_per_output
+from ._moments import Moments, State
+from ._progress import progress_reporter
+from ._checks import ComputeOptions
+
+# Blocks of this many bytes are converted at a time where the kernel cannot read the array as
+# it is (non-native byte order): bounded extra memory instead of a full-size copy.
+CONVERT_BLOCK_BYTES = 8 << 20
+
+
+def reduce_ndarray(arr: np.ndarray, kept: Tuple[int, ...], *, omit: bool, threads: int,
+                   report=None) -> State:
+    """The state of ``arr`` over every axis not in ``kept`` (checked arguments; one pass)."""
+    code = dtype_code(arr.dtype)
+    keep = keep_mask(kept, arr.ndim)
+    out_shape = tuple(arr.shape[i] for i in kept)
+    if is_native(arr.dtype) or arr.size <= 1:
+        arr = arr if is_native(arr.dtype) else arr.astype(arr.dtype.newbyteorder("="))
+        poll = None if report is None else (lambda done, total: report(done * arr.dtype.itemsize))
+        return State.of(_core.reduce(arr, keep, code, omit, threads, poll), out_shape)
+    return _reduce_converting(arr, keep, code, omit, threads, report, out_shape)
+
+
+def _reduce_converting(arr, keep, code, omit, threads, report, out_shape) -> State:
+    """Non-native byte order: convert and reduce blocks along the outermost axis."""
+    native = arr.dtype.newbyteorder("=")
+    axis = int(np.argmax([abs(s) if n > 1 else -1 for s, n in zip(arr.strides, arr.shape)]))
+    slice_bytes = max(1, arr.nbytes // max(1, arr.shape[axis]))
+    step = max(1, CONVERT_BLOCK_BYTES // slice_bytes)
+    out_axis = sum(keep[:axis])
+    parts = []
+    for start in range(0, arr.shape[axis], step):
+        index = [slice(None)] * arr.ndim
+        index[axis] = slice(start, start + step)
+        block = np.ascontiguousarray(arr[tuple(index)], dtype=native)
+        parts.append(State.of(_core.reduce(block, keep, code, omit, threads, None)))
+        if report is not None:
+            report(min(arr.shape[axis], start + step) * slice_bytes)
+    if keep[axis]:
+        return State(*(np.concatenate([p[k] for p in parts], axis=out_axis) for k in range(4)))
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.merge(p)
+    return total.reshape(out_shape)
+
+
+def array_moments(arr: np.ndarray, opts: ComputeOptions, sample: Optional[float] = None) -> Moments:
+    """The in-memory door: moments of an ndarray (or memmap) with checked options."""
+    kept = normalize_keep_axes(opts.axis, arr.ndim)
+    check_reduction(arr.shape, kept)
+    floating = is_floating(arr.dtype)
+    with progress_reporter(opts.progress, arr.nbytes) as report:
+        state = reduce_ndarray(arr, kept, omit=kernel_omits(opts.nan_policy, floating),
+                               threads=opts.threads, report=report)
+    return finish(state, nan_policy=opts.nan_policy, floating=floating,
+                  expected=values_per_output(arr.shape, kept), ddof=opts.ddof, sample=sample)
