@@ -203,6 +203,8 @@ def test_demo_with_keras(tmp_path):
     names = [r.split("  ")[0] for r in _table_rows(proc.stdout)]
     assert any("Normalization.adapt" in n for n in names), proc.stdout
     assert list(tmp_path.iterdir()) == []
+    # TensorFlow's C++ log (oneDNN notice, absl warnings) stays out of the demo's output.
+    assert "oneDNN" not in proc.stderr + proc.stdout and "absl" not in proc.stderr, proc.stderr
 
 
 def test_console_script_declared():

@@ -8,6 +8,7 @@ std 10 and compares fastmoments with NumPy and Keras ``Normalization.adapt`` on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -323,6 +324,21 @@ def _rel_err(got, want) -> float:
         return float(np.max(np.abs(got - want) / np.abs(want)))
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silences what C++ libraries write to file descriptor 2 (TensorFlow's oneDNN notice is
+    printed at import, before its log level applies); Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _keras_importable() -> bool:
     return importlib.util.find_spec("keras") is not None
 
@@ -368,7 +384,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.keras and _keras_importable():
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's log quiet
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), _native_stderr_silenced():
                     warnings.simplefilter("ignore")
                     import keras
             except Exception as exc:  # noqa: BLE001 - a broken Keras install is only skipped
