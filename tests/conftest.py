@@ -49,36 +49,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
 
-# Kernel bug (reported to the lead): with a kept inner axis (axis=-1 on a C array of >= 2
-# columns), a column holding +-inf and finite values gets mean NaN instead of +-inf, e.g.
-# compute(np.array([[1., 1.], [np.inf, 2.], [3., 3.]]), axis=-1).mean -> [nan, 2.]
-# (NumPy: [inf, 2.]). The sweep tolerates that NaN while this flag is set;
-# test_compute.py::test_inf_mean_with_kept_inner_axis is the strict xfail that tracks it.
-KNOWN_INF_MEAN_BUG = False
-# Kernel bug (reported to the lead): under nan_policy="omit" with NaN in the data, m2 loses
-# precision like a textbook sum of squares (the shift is not a data value): 1e4 + N(0,1) float64
-# with x[0] = NaN gives variance errors of 1e-8, and 1e6 + 3 N(0,1) float64 (20000, 3) with 20%
-# NaN, axis=-1, errors of 1e-6. While set, the sweep checks m2 only loosely for "omit" with NaN;
-# test_compute.py::test_omit_precision_* are the strict xfails that track it.
-KNOWN_OMIT_SHIFT_BUG = False
-
-
-# Kernel bug (reported to the lead): uint32 data with values >= 2**31 and a kept inner axis gets
-# a wrong m2 (0 or garbage; random full-range uint32 (1000, 3) axis=-1: relative error 1.0).
-# While set, random uint32 data stays below 2**31;
-# test_compute.py::test_uint32_large_values_kept_inner_axis is the strict xfail that tracks it.
-KNOWN_UINT32_SQUARE_BUG = False
-
-
-def known_bug_tolerance(x, nan_policy: str, ref) -> dict:
-    """Extra ``assert_matches`` arguments that tolerate the known kernel bugs above."""
-    if (KNOWN_OMIT_SHIFT_BUG and nan_policy == "omit"
-            and np.isnan(np.asarray(x).astype(np.float64)).any()):
-        eps = float(np.finfo(np.float64).eps)
-        return {"m2_rtol": 1e-2, "m2_atol": 64 * eps * ref.count * ref.maxabs.astype(np.float64) ** 2}
-    return {}
-
-
 def is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype == BFLOAT16
 
@@ -135,10 +105,7 @@ def random_values(rng: np.random.Generator, shape: Tuple[int, ...], dtype: np.dt
         return rng.random(shape) < 0.3
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        high = info.max
-        if KNOWN_UINT32_SQUARE_BUG and dtype == np.uint32:
-            high = 2**31 - 1
-        return rng.integers(info.min, high, size=shape, dtype=dtype, endpoint=True)
+        return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
     # Floats: |offset| >> noise so a naive sum of squares would fail.
     offset, noise = {2: (300.0, 4.0), 4: (1.0e3, 10.0), 8: (1.0e6, 3.0)}[dtype.itemsize]
     sign = rng.choice([-1.0, 1.0])

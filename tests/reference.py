@@ -237,7 +237,7 @@ def relative_error(got, want) -> float:
 
 def assert_matches(got, ref: Ref, *, mean_rtol: float = 8 * EPS64, m2_rtol: float = 1e-12,
                    scale_atol: float = 8 * EPS64, ddof: int = 0,
-                   inf_mean_may_be_nan: bool = False, m2_atol=None, context: str = "") -> None:
+                   m2_atol=None, context: str = "") -> None:
     """Checks a ``fastmoments.Moments`` against a :class:`Ref`.
 
     Tolerances: ``|mean - ref| <= mean_rtol*|ref| + scale_atol*maxabs`` and
@@ -264,11 +264,7 @@ def assert_matches(got, ref: Ref, *, mean_rtol: float = 8 * EPS64, m2_rtol: floa
         nan_want = np.isnan(want)
         inf_want = np.isinf(want)
         bad = live & nan_want & ~np.isnan(value)
-        if name == "mean" and inf_mean_may_be_nan:
-            ok_inf = (value == want) | np.isnan(value)
-        else:
-            ok_inf = value == want
-        bad |= live & inf_want & ~ok_inf
+        bad |= live & inf_want & ~(value == want)
         fin = live & ~nan_want & ~inf_want
         with np.errstate(invalid="ignore"):
             err = np.where(fin, np.abs(value - want), 0)

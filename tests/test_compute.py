@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import fastmoments
-from conftest import (ALL_DTYPES, ISAS, KNOWN_INF_MEAN_BUG, LAYOUTS, in_layout, is_exact_int,
-                      is_float, known_bug_tolerance, random_values, supported_isas)
+from conftest import (ALL_DTYPES, ISAS, LAYOUTS, in_layout, is_exact_int, is_float, random_values,
+                      supported_isas)
 from reference import (Ref, assert_matches, exact_integer_reference, exact_reference,
                        reference, relative_error)
 
@@ -60,9 +60,7 @@ def _check_case(x, axis, nan_policy, ref_fn, tol, isas, monkeypatch, context):
         if isinstance(want, Exception) or isinstance(got, Exception):
             assert type(got) is type(want), f"{where}: got {got!r}, reference {want!r}"
             continue
-        extra = known_bug_tolerance(x, nan_policy, want)
-        assert_matches(got, want, context=where, inf_mean_may_be_nan=KNOWN_INF_MEAN_BUG,
-                       **dict(tol, **extra))
+        assert_matches(got, want, context=where, **tol)
 
 
 def _reference_and_tolerance(dtype):

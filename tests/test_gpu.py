@@ -15,27 +15,16 @@ import pytest
 import fastmoments
 from fastmoments import _gpu
 from fastmoments._dtypes import dtype_code
-from reference import kept_axes, reference as shared_reference  # noqa: E402
+from reference import assert_matches as shared_assert_matches, reference  # noqa: E402
 
 HAS_CUDA_BUILD = fastmoments.build_info()["cuda"] is not None
 GPU = fastmoments.cuda_available()
 
 
-def reference(x: np.ndarray, axis):
-    """count, mean, m2 over the axes not kept (the shared reference)."""
-    x = np.asarray(x)
-    r = shared_reference(x, axis)
-    n = int(np.prod([x.shape[i] for i in range(x.ndim) if i not in kept_axes(axis, x.ndim)]))
-    return n, r.mean.astype(np.float64), r.m2.astype(np.float64)
-
-
 def assert_matches(result, x, axis, rtol=1e-12):
-    n, mean, m2 = reference(x, axis)
-    assert np.all(np.asarray(result.count) == n)
-    spread = np.sqrt(np.maximum(m2, 0) / n)
-    scale = np.maximum(np.abs(mean), spread)
-    np.testing.assert_allclose(result.mean, mean, rtol=rtol, atol=rtol * float(np.max(scale, initial=1.0)))
-    np.testing.assert_allclose(result.m2, m2, rtol=rtol, atol=rtol * float(np.max(m2, initial=1.0)) + 1e-300)
+    """The shared reference, with GPU tolerances (rtol relative, and of the data's scale)."""
+    shared_assert_matches(result, reference(np.asarray(x), axis), mean_rtol=rtol, m2_rtol=rtol,
+                          scale_atol=rtol)
 
 
 # -- runs everywhere -------------------------------------------------------------------------------

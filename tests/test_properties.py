@@ -12,8 +12,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 import fastmoments  # noqa: E402
-from conftest import (ALL_DTYPES, BFLOAT16, ISAS, KNOWN_INF_MEAN_BUG,  # noqa: E402
-                      KNOWN_UINT32_SQUARE_BUG, is_exact_int, known_bug_tolerance, random_values,
+from conftest import (ALL_DTYPES, BFLOAT16, ISAS, is_exact_int, random_values,  # noqa: E402
                       supported_isas)
 from reference import EPS64, assert_matches, exact_reference, reference  # noqa: E402
 
@@ -24,8 +23,6 @@ BF16_LIMIT = float(np.float32(1e38))  # float32 values that stay finite as bfloa
 
 def _elements(dtype: np.dtype, allow_nan: bool):
     """Element strategy: any value of the dtype, floats kept where m2 cannot overflow."""
-    if KNOWN_UINT32_SQUARE_BUG and dtype == np.uint32:
-        return st.integers(0, 2**31 - 1)
     if dtype.kind in "biu":
         return None  # hypothesis' default: the whole integer range
     if dtype == BFLOAT16:  # drawn as float32 (below bfloat16's largest finite value), cast later
@@ -98,10 +95,10 @@ def test_matches_reference(data, monkeypatch):
         if isinstance(want, Exception) or isinstance(got, Exception):
             assert type(got) is type(want), (got, want)
             continue
-        assert_matches(got, want, inf_mean_may_be_nan=KNOWN_INF_MEAN_BUG,
+        assert_matches(got, want,
                        context=f"{x.dtype}, shape {x.shape}, strides {x.strides}, axis={axis}, "
                                f"{policy}, isa={name}",
-                       **dict(_tolerances(x.dtype), **known_bug_tolerance(x, policy, want)))
+                       **_tolerances(x.dtype))
 
 
 @settings(max_examples=80)
