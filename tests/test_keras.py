@@ -180,6 +180,21 @@ def test_float64_layer_keeps_float64_statistics(tf_route):
         assert layer(x).dtype == "float64"
 
 
+def test_float64_layer_many_batches_at_an_offset(tf_route):
+    """512 batches at mean 1e9, std 1: the dataset's states merge with their mean residuals, so
+    the float64 layer's variance is that of one pass over the array (~1e-15; 3.7e-10 when the
+    merges dropped mean_lo)."""
+    x = features((512 * 64, 3), np.float64, mean=1e9, std=1.0, seed=14)
+    want = fastmoments.compute(x)
+    for data in (tf.data.Dataset.from_tensor_slices(x).batch(64),
+                 [x[i:i + 64] for i in range(0, len(x), 64)]):
+        layer = FastNorm(dtype="float64")
+        layer.adapt(data)
+        got_mean, got_var = weights(layer)
+        np.testing.assert_array_equal(got_mean, want.mean)
+        assert np.max(np.abs(got_var - want.variance) / want.variance) < 5e-15
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_policies(policy, tf_route):
     x = features((4000, 5), np.float32, mean=50.0, std=3.0, seed=7)

@@ -216,8 +216,11 @@ def test_op_static_shapes_and_unknown_rank():
 
         @tf.function(input_signature=[tf.TensorSpec([None, 5, None], tf.float32)])
         def known_rank(x):
-            count, mean, m2 = fmtf.moment_state(x, axis=(-1, 1))
-            assert count.shape.as_list() == [5, None] and mean.shape.as_list() == [5, None]
+            state = fmtf.moment_state(x, axis=(-1, 1))
+            assert len(state) == len(fmtf.STATE_FIELDS)
+            for t in state:
+                assert t.shape.as_list() == [5, None]
+            mean = state[1]
             return mean
 
         a = np.random.default_rng(3).random((4, 5, 2)).astype(np.float32)
@@ -245,8 +248,8 @@ def test_moments_in_tf_data_map_graph_mode(path):
 def test_states_in_tf_data_reduce_graph_mode(path):
     a = np.random.default_rng(9).normal(-20.0, 4.0, (500, 4)).astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices(a).batch(33)
-    init = (tf.zeros([4], tf.int64), tf.zeros([4], tf.float64), tf.zeros([4], tf.float64))
-    count, mean, m2 = ds.reduce(init, lambda s, x: fmtf.merge_states(s, fmtf.moment_state(x)))
+    init = fmtf.zero_state([4])
+    count, mean, m2, _ = ds.reduce(init, lambda s, x: fmtf.merge_states(s, fmtf.moment_state(x)))
     assert_moments(mean, m2.numpy() / count.numpy(), count, a, -1)
 
 
@@ -256,16 +259,129 @@ def test_merge_states_matches_one_pass(path):
     rng = np.random.default_rng(5)
     a = rng.normal(100.0, 3.0, (1000, 4))
     cuts = [0, 1, 17, 400, 999, 1000]
-    state = (tf.constant(0, tf.int64), tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64))
+    state = fmtf.zero_state()
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         state = fmtf.merge_states(state, fmtf.moment_state(a[lo:hi]))
-    count, mean, m2 = (t.numpy() for t in state)
+    count, mean, m2, _ = (t.numpy() for t in state)
     rmean, rvar, n = reference(a, -1)
     np.testing.assert_array_equal(count, [n] * 4)
     np.testing.assert_allclose(mean, rmean, rtol=1e-14)
     np.testing.assert_allclose(m2 / n, rvar, rtol=1e-12)
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
         fmtf.merge_states(fmtf.moment_state(a), fmtf.moment_state(a[:, :3]))
+    # A state is the whole record: a (count, mean, m2) triple is refused, not guessed at.
+    with pytest.raises(ValueError, match="count, mean, m2, mean_lo"):
+        fmtf.merge_states(fmtf.moment_state(a)[:3], fmtf.moment_state(a))
+    with pytest.raises(ValueError, match="count, mean, m2, mean_lo"):
+        fmtf.merge_states(fmtf.moment_state(a), 3.0)
+
+
+# -- the state record: mean_lo through the ops ------------------------------------------------------
+
+def assert_state_equal(got, want):
+    """Bitwise equality of two states given as sequences of four arrays or tensors."""
+    assert len(got) == len(want) == len(fmtf.STATE_FIELDS)
+    for name, g, w in zip(fmtf.STATE_FIELDS, got, want):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_state_round_trips_mean_lo(path, mode):
+    """Moments outputs the kernel's mean_lo; MergeMoments reads both mean_lo inputs, merges with
+    the core's combine and outputs mean_lo: the same bits as _core.reduce / _core.combine."""
+    from fastmoments import _core
+
+    rng = np.random.default_rng(12)
+    a = rng.normal(1e9, 1.0, (300, 5))
+    b = rng.normal(1e9 + 0.5, 2.0, (77, 5))
+    want_a = fastmoments.compute(a).to_dict()
+    want_b = fastmoments.compute(b).to_dict()
+    assert np.any(want_a["mean_lo"] != 0)  # the case under test: residuals that matter
+    state_a = run(mode, fmtf.moment_state, a)
+    assert_state_equal([t.numpy() for t in state_a], [want_a[f] for f in fmtf.STATE_FIELDS])
+    state_b = run(mode, fmtf.moment_state, b)
+    merged = run(mode, fmtf.merge_states, state_a, state_b)
+    want = _core.combine(*(want_a[f] for f in fmtf.STATE_FIELDS[:3]),
+                         *(want_b[f] for f in fmtf.STATE_FIELDS[:3]), want_a["mean_lo"], want_b["mean_lo"])
+    assert_state_equal([t.numpy() for t in merged], want)
+    # The residuals alone decide this merge: two values 1e9 +- 2^-25 (below half an ulp of 1e9),
+    # each held as mean 1e9 with mean_lo +-2^-25. A merge that dropped mean_lo would give m2 = 0.
+    lo = 2.0 ** -25
+    one = [np.array([1]), np.array([1e9]), np.array([0.0]), np.array([lo])]
+    other = [np.array([1]), np.array([1e9]), np.array([0.0]), np.array([-lo])]
+    count, mean, m2, mean_lo = (t.numpy() for t in run(mode, fmtf.merge_states, one, other))
+    assert count.tolist() == [2] and mean.tolist() == [1e9] and mean_lo.tolist() == [0.0]
+    assert m2.tolist() == [2.0 ** -49]  # (2 * 2^-25)^2 * 1 * 1 / 2
+    count, mean, m2, mean_lo = (t.numpy() for t in run(mode, fmtf.merge_states, one, one))
+    assert mean.tolist() == [1e9] and mean_lo.tolist() == [lo] and m2.tolist() == [0.0]
+
+
+def test_stale_op_library_is_detected(monkeypatch):
+    """A _tf_ops.so built from older sources (state of three fields) loads into a TF of the right
+    version; the loader compares the registered signatures with the state record and falls back."""
+    fmtf._set_fallback(False)
+    try:
+        if not fmtf.op_info()["loaded"]:
+            pytest.skip(f"op not loaded: {fmtf.op_info()['reason']}")
+        assert fmtf._signature_mismatch() is None
+        # Seen from a module that expects a three-field state, the library is "stale" (the same
+        # comparison a three-output library fails against the current module).
+        monkeypatch.setattr(fmtf, "STATE_FIELDS", ("count", "mean", "m2"))
+        monkeypatch.setattr(fmtf, "_LIBRARIES", {})
+        fmtf._set_fallback(None)
+        info = fmtf.op_info()
+        assert not info["loaded"]
+        assert "stale" in info["reason"] and "mean_lo" in info["reason"]
+        assert "rebuild" in info["reason"]
+    finally:
+        monkeypatch.undo()
+        fmtf._set_fallback(None)
+    assert fmtf.op_info()["loaded"]
+
+
+def offset_data(kind):
+    """512 batches of 200 rows: float64 at offset 1e9 with std 1, or float32 mean 1000 std 10."""
+    rng = np.random.default_rng(13)
+    if kind == "float64 1e9":
+        return rng.normal(1e9, 1.0, (512 * 200, 4))
+    return rng.normal(1000.0, 10.0, (512 * 200, 4)).astype(np.float32)
+
+
+def assert_matches_compute(count, mean, m2, a):
+    """Within ~1e-15 of fastmoments.compute on the concatenated data (a plain float64 mean in
+    the merges gave 3.7e-10 in the variance for the float64 case)."""
+    want = fastmoments.compute(a)
+    np.testing.assert_array_equal(np.asarray(count), want.count)
+    mean, m2 = np.asarray(mean), np.asarray(m2)
+    assert np.max(np.abs(mean - want.mean) / np.abs(want.mean)) <= 2.3e-16
+    assert np.max(np.abs(m2 - want.m2) / want.m2) < 5e-15
+    # and compute itself against the long-double reference
+    r = shared_reference(a, -1)
+    assert np.max(np.abs(m2 - r.m2.astype(np.float64)) / r.m2.astype(np.float64)) < 5e-15
+
+
+@pytest.mark.parametrize("kind", ["float64 1e9", "float32 1000"])
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_many_batches_at_an_offset_match_compute(path, mode, kind):
+    a = offset_data(kind)
+    ds = tf.data.Dataset.from_tensor_slices(a).batch(200)
+    assert int(ds.cardinality()) == 512
+    if mode == "eager":
+        m = fmtf.dataset_moments(ds)
+        d = m.to_dict()
+        assert_matches_compute(d["count"], d["mean"], d["m2"], a)
+        state = fmtf.zero_state()
+        for x in ds:
+            state = fmtf.merge_states(state, fmtf.moment_state(x))
+    else:
+        @tf.function
+        def reduce_dataset(dataset):
+            return dataset.reduce(fmtf.zero_state([4]),
+                                  lambda s, x: fmtf.merge_states(s, fmtf.moment_state(x)))
+
+        state = reduce_dataset(ds)
+    count, mean, m2, _ = (t.numpy() for t in state)
+    assert_matches_compute(count, mean, m2, a)
 
 
 # -- dataset_moments --------------------------------------------------------------------------------

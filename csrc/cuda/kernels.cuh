@@ -64,11 +64,16 @@ __device__ __forceinline__ int64_t int_value(T v) {
 
 __device__ __forceinline__ double finite_or_zero(double v) { return isfinite(v) ? v : 0.0; }
 
+// Every field of the state record moves (mean_lo included): the warp tree merges whole states
+// with the core's combine, as the block tree and the final merge do through memory.
 __device__ __forceinline__ MomentState shfl_down(const MomentState& s, int off) {
+    static_assert(sizeof(MomentState) == sizeof(int64_t) + 3 * sizeof(double),
+                  "shfl_down must move every field of MomentState");
     MomentState r;
     r.count = __shfl_down_sync(kFull, static_cast<long long>(s.count), off);
     r.mean = __shfl_down_sync(kFull, s.mean, off);
     r.m2 = __shfl_down_sync(kFull, s.m2, off);
+    r.mean_lo = __shfl_down_sync(kFull, s.mean_lo, off);
     return r;
 }
 

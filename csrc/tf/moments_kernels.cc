@@ -21,6 +21,7 @@
 #include <fastmoments/state.hpp>
 
 #include "isa.hpp"
+#include "state_tensors.hpp"
 
 namespace fastmoments::tf_ops {
 
@@ -107,17 +108,13 @@ public:
                 reduced *= shape[i];
             }
         }
-        tf::Tensor *count_t = nullptr, *mean_t = nullptr, *m2_t = nullptr;
-        OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &count_t));
-        OP_REQUIRES_OK(ctx, ctx->allocate_output(1, out_shape, &mean_t));
-        OP_REQUIRES_OK(ctx, ctx->allocate_output(2, out_shape, &m2_t));
+        tf::Tensor* out_t[kStateFields] = {};
+        for (int f = 0; f < kStateFields; ++f) OP_REQUIRES_OK(ctx, ctx->allocate_output(f, out_shape, &out_t[f]));
+        const StateOut out(out_t);
         const int64_t nout = out_shape.num_elements();
-        auto count = count_t->flat<int64_t>();
-        auto mean = mean_t->flat<double>();
-        auto m2 = m2_t->flat<double>();
         if (nout == 0) return;
         if (reduced == 0) {  // nothing to read: the identity state, so that empty batches merge away
-            for (int64_t i = 0; i < nout; ++i) count(i) = 0, mean(i) = 0.0, m2(i) = 0.0;
+            for (int64_t i = 0; i < nout; ++i) out.set(i, MomentState{});
             return;
         }
 
@@ -128,11 +125,7 @@ public:
         const Status status = selected_variant().reduce(x.tensor_data().data(), dtype, ndim, shape.data(),
                                                         strides.data(), keep_flags.get(), states.data(), opt);
         OP_REQUIRES(ctx, status == Status::Ok, tf::errors::Cancelled("fastmoments reduction cancelled"));
-        for (int64_t i = 0; i < nout; ++i) {
-            count(i) = states[i].count;
-            mean(i) = states[i].mean;
-            m2(i) = states[i].m2;
-        }
+        for (int64_t i = 0; i < nout; ++i) out.set(i, states[i]);
     }
 
 private:
@@ -151,41 +144,33 @@ public:
     explicit MergeMomentsOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {}
 
     void Compute(tf::OpKernelContext* ctx) override {
-        const tf::Tensor *in[6];
-        for (int i = 0; i < 6; ++i) in[i] = &ctx->input(i);
-        for (int side = 0; side < 2; ++side)
-            for (int i = 1; i < 3; ++i)
-                OP_REQUIRES(ctx, in[3 * side + i]->shape() == in[3 * side]->shape(),
-                            tf::errors::InvalidArgument("MergeMoments: count, mean and m2 of state ", side ? "b" : "a",
-                                                        " have different shapes: ", in[3 * side]->shape().DebugString(),
-                                                        " and ", in[3 * side + i]->shape().DebugString()));
+        // in[0..kStateFields) is state a, in[kStateFields..2*kStateFields) state b.
+        const tf::Tensor* in[2 * kStateFields];
+        for (int i = 0; i < 2 * kStateFields; ++i) in[i] = &ctx->input(i);
+        for (int side = 0; side < 2; ++side) {
+            const tf::Tensor* const* st = in + side * kStateFields;
+            for (int f = 1; f < kStateFields; ++f)
+                OP_REQUIRES(ctx, st[f]->shape() == st[0]->shape(),
+                            tf::errors::InvalidArgument("MergeMoments: the fields of state ", side ? "b" : "a",
+                                                        " have different shapes: ", st[0]->shape().DebugString(),
+                                                        " and ", st[f]->shape().DebugString()));
+        }
         const tf::TensorShape& sa = in[0]->shape();
-        const tf::TensorShape& sb = in[3]->shape();
+        const tf::TensorShape& sb = in[kStateFields]->shape();
         if (sa != sb) {
             // A scalar empty state is the identity next to a state of any shape.
-            if (is_empty_scalar(*in[0])) return forward(ctx, 3);
-            if (is_empty_scalar(*in[3])) return forward(ctx, 0);
+            if (is_empty_scalar(*in[0])) return forward(ctx, kStateFields);
+            if (is_empty_scalar(*in[kStateFields])) return forward(ctx, 0);
             ctx->CtxFailure(tf::errors::InvalidArgument("MergeMoments: states of shapes ", sa.DebugString(), " and ",
                                                         sb.DebugString(), " cannot be merged"));
             return;
         }
-        tf::Tensor *count_t = nullptr, *mean_t = nullptr, *m2_t = nullptr;
-        OP_REQUIRES_OK(ctx, ctx->allocate_output(0, sa, &count_t));
-        OP_REQUIRES_OK(ctx, ctx->allocate_output(1, sa, &mean_t));
-        OP_REQUIRES_OK(ctx, ctx->allocate_output(2, sa, &m2_t));
-        const auto ca = in[0]->flat<int64_t>(), cb = in[3]->flat<int64_t>();
-        const auto ma = in[1]->flat<double>(), mb = in[4]->flat<double>();
-        const auto qa = in[2]->flat<double>(), qb = in[5]->flat<double>();
-        auto c = count_t->flat<int64_t>();
-        auto m = mean_t->flat<double>();
-        auto q = m2_t->flat<double>();
+        tf::Tensor* out_t[kStateFields] = {};
+        for (int f = 0; f < kStateFields; ++f) OP_REQUIRES_OK(ctx, ctx->allocate_output(f, sa, &out_t[f]));
+        const StateIn a(in), b(in + kStateFields);
+        const StateOut out(out_t);
         const int64_t n = sa.num_elements();
-        for (int64_t i = 0; i < n; ++i) {
-            const MomentState s = combine(MomentState{ca(i), ma(i), qa(i)}, MomentState{cb(i), mb(i), qb(i)});
-            c(i) = s.count;
-            m(i) = s.mean;
-            q(i) = s.m2;
-        }
+        for (int64_t i = 0; i < n; ++i) out.set(i, combine(a[i], b[i]));
     }
 
 private:
@@ -193,7 +178,7 @@ private:
         return count.dims() == 0 && count.scalar<int64_t>()() == 0;
     }
     static void forward(tf::OpKernelContext* ctx, int first) {
-        for (int i = 0; i < 3; ++i) ctx->set_output(i, ctx->input(first + i));
+        for (int f = 0; f < kStateFields; ++f) ctx->set_output(f, ctx->input(first + f));
     }
 };
 

@@ -9,6 +9,8 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
+#include "state_tensors.hpp"
+
 namespace fastmoments::tf_ops {
 
 using ::tensorflow::Status;
@@ -43,17 +45,17 @@ Status moments_shape(InferenceContext* c) {
         for (int64_t k : kept) dims.push_back(c->Dim(x, k));
         out = c->MakeShape(dims);
     }
-    for (int i = 0; i < 3; ++i) c->set_output(i, out);
+    for (int i = 0; i < kStateFields; ++i) c->set_output(i, out);
     return absl::OkStatus();
 }
 
 // Output shape of MergeMoments: the common shape of both states; a scalar state may stand for
 // "no data yet" next to a state of any shape.
 Status merge_shape(InferenceContext* c) {
-    ShapeHandle a = c->input(0), b = c->input(3);
-    for (int i = 1; i < 3; ++i) {
+    ShapeHandle a = c->input(0), b = c->input(kStateFields);
+    for (int i = 1; i < kStateFields; ++i) {
         TF_RETURN_IF_ERROR(c->Merge(a, c->input(i), &a));
-        TF_RETURN_IF_ERROR(c->Merge(b, c->input(3 + i), &b));
+        TF_RETURN_IF_ERROR(c->Merge(b, c->input(kStateFields + i), &b));
     }
     ShapeHandle out;
     if (!c->RankKnown(a) || !c->RankKnown(b)) {
@@ -65,7 +67,7 @@ Status merge_shape(InferenceContext* c) {
     } else {
         TF_RETURN_IF_ERROR(c->Merge(a, b, &out));
     }
-    for (int i = 0; i < 3; ++i) c->set_output(i, out);
+    for (int i = 0; i < kStateFields; ++i) c->set_output(i, out);
     return absl::OkStatus();
 }
 
@@ -76,16 +78,18 @@ REGISTER_OP("FastMoments>Moments")
     .Output("count: int64")
     .Output("mean: double")
     .Output("m2: double")
+    .Output("mean_lo: double")
     .Attr("T: {uint8, int8, int16, int32, int64, uint16, uint32, uint64, half, bfloat16, float, double, bool}")
     .Attr("keep_axes: list(int) = [-1]")
     .Attr("nan_omit: bool = false")
     .Attr("threads: int = 0")
     .SetShapeFn(moments_shape)
     .Doc(R"doc(
-Per-index count, mean and m2 = sum((x - mean)^2) of `x`, reduced over every axis not in
+Per-index state (count, mean, m2, mean_lo) of `x`: m2 = sum((x - mean)^2), and mean_lo the
+rounding residual of mean (the exact mean is mean + mean_lo; MergeMoments uses it). Reduced over every axis not in
 `keep_axes` (the axes that keep separate statistics, as in keras.layers.Normalization; negative
 values count from the end; [] reduces everything). One pass of the fastmoments CPU kernel.
-An empty reduction gives count 0, mean 0, m2 0 (the identity of MergeMoments).
+An empty reduction gives the zero state (the identity of MergeMoments).
 nan_omit: skip NaN values (per-index counts). threads: OpenMP threads; 0 uses the size of
 TensorFlow's intra-op thread pool.
 )doc");
@@ -94,15 +98,19 @@ REGISTER_OP("FastMoments>MergeMoments")
     .Input("count_a: int64")
     .Input("mean_a: double")
     .Input("m2_a: double")
+    .Input("mean_lo_a: double")
     .Input("count_b: int64")
     .Input("mean_b: double")
     .Input("m2_b: double")
+    .Input("mean_lo_b: double")
     .Output("count: int64")
     .Output("mean: double")
     .Output("m2: double")
+    .Output("mean_lo: double")
     .SetShapeFn(merge_shape)
     .Doc(R"doc(
-Elementwise merge of two moment states (Chan, Golub & LeVeque 1983) with fastmoments::combine.
+Elementwise merge of two moment states (count, mean, m2, mean_lo) (Chan, Golub & LeVeque 1983)
+with fastmoments::combine.
 A scalar state with count 0 is the identity next to a state of any shape.
 )doc");
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
-# (count int64, mean float64, m2 float64), each with the shape of the kept axes.
+# (count int64, mean float64, m2 float64, mean_lo float64), each with the shape of the kept axes.
 _States = Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
 """``(count, mean, m2, mean_lo)``: mean_lo is the rounding residual of mean."""
 

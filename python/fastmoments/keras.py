@@ -13,13 +13,12 @@ needs no TensorFlow: ``FastNorm`` works under every Keras backend for those inpu
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
 import sys
 import time
 import warnings
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Tuple
 
 import keras
 import numpy as np
@@ -105,13 +104,6 @@ def _check_count(name: str, value: Optional[int]) -> Optional[int]:
     if value < 1:
         raise ValueError(f"{name} must be a positive int or None, got {value!r}")
     return int(value)
-
-
-def _accepts(func: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(func).parameters
-    except (TypeError, ValueError):  # builtins without a signature
-        return False
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -232,36 +224,20 @@ class _DatasetSource:
     def moments(self, keep, nan_policy, progress) -> Moments:
         from . import tf as fm_tf
 
-        reduce_fn = fm_tf.dataset_moments
-        kwargs: dict = {}
-        python_loop = False
-        if nan_policy != "propagate":
-            if _accepts(reduce_fn, "nan_policy"):
-                kwargs["nan_policy"] = nan_policy
-            else:
-                python_loop = True
         if progress:
-            if _accepts(reduce_fn, "progress"):
-                kwargs["progress"] = True
-            else:
-                python_loop = True
-        if python_loop:
-            # Options the graph reduction lacks: read the elements here, same kernel per batch.
+            # The graph reduction shows no bar: read the elements here (same kernel per batch,
+            # states merged exactly by the Accumulator).
             ds = self.dataset if self.steps is None else self.dataset.take(self.steps)
             if not self.batched:
                 ds = ds.batch(_ROWS_PER_BATCH)
             n = int(ds.cardinality())
             source = _IterableSource(ds, None, n if n >= 0 else None)
             return source.moments(keep, nan_policy, progress)
-        if _accepts(reduce_fn, "batched"):
-            # Our reading of the elements (it may use the built layer's rank) decides; axes
-            # count in the batched shape either way.
-            kwargs["batched"] = self.batched
-            axis = tuple(keep)
-        else:
-            # Axes counted from the end mean the same in a batch and in a single row.
-            axis = tuple(k - len(self.input_shape) for k in keep)
-        return reduce_fn(self.dataset, axis=axis if keep else None, steps=self.steps, **kwargs)
+        # Our reading of the elements (it may use the built layer's rank) decides whether they are
+        # batches; axes count in the batched shape. The result carries the whole state
+        # (count, mean, m2, mean_lo) merged by the op over every batch.
+        return fm_tf.dataset_moments(self.dataset, axis=tuple(keep) if keep else None,
+                                     steps=self.steps, nan_policy=nan_policy, batched=self.batched)
 
 
 class _IterableSource:

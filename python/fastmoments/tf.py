@@ -1,11 +1,17 @@
 """TensorFlow door: exact moments of tensors and ``tf.data`` datasets with the fastmoments kernel.
 
 The compiled op library ``fastmoments/_tf_ops.so`` registers two ops, ``FastMoments>Moments``
-(per-index ``(count, mean, m2)`` of a tensor, the core CPU kernel) and
+(the per-index state ``(count, mean, m2, mean_lo)`` of a tensor, the core CPU kernel) and
 ``FastMoments>MergeMoments`` (the core's Chan merge of two such states). It is loaded on first
-use and only when the running TensorFlow is the one it was built against; otherwise every function
+use and only when the running TensorFlow is the one it was built against and the library
+registers the state layout this module expects (:data:`STATE_FIELDS`); otherwise every function
 here falls back to the same kernel through ``tf.numpy_function`` and warns once with
 :class:`OpFallbackWarning`. Set ``FASTMOMENTS_TF_FALLBACK=1`` to force the fallback.
+
+A state is the core's record ``MomentState`` as a tuple of four tensors, ``(count, mean, m2,
+mean_lo)``: ``m2`` is ``sum((x - mean)**2)`` and ``mean_lo`` the rounding residual of ``mean``
+(the exact mean is ``mean + mean_lo``). Merges use all four, so a dataset reduced in many batches
+keeps the precision of one pass (a mean of 1e9 with unit spread loses no bits).
 
 Importing this module imports TensorFlow; ``import fastmoments`` alone does not.
 """
@@ -27,7 +33,8 @@ from ._compute import compute
 from ._moments import Moments
 
 __all__ = [
-    "OpFallbackWarning", "dataset_moments", "merge_states", "moment_state", "moments", "op_info",
+    "OpFallbackWarning", "STATE_FIELDS", "dataset_moments", "merge_states", "moment_state",
+    "moments", "op_info", "zero_state",
 ]
 
 FALLBACK_ENV = "FASTMOMENTS_TF_FALLBACK"
@@ -39,7 +46,12 @@ SUPPORTED_DTYPES = (
     tf.float16, tf.bfloat16, tf.float32, tf.float64,
 )
 
-State = Tuple[tf.Tensor, tf.Tensor, tf.Tensor]
+#: The fields of a state, in order: the outputs of both ops and each side of MergeMoments' inputs.
+STATE_FIELDS = ("count", "mean", "m2", "mean_lo")
+# Their dtypes (count int64, the rest float64).
+_STATE_DTYPES = (tf.int64, tf.float64, tf.float64, tf.float64)
+
+State = Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
 
 
 class OpFallbackWarning(RuntimeWarning):
@@ -106,13 +118,47 @@ def _load_library(forced: bool) -> Tuple[Any, Optional[str]]:
                       f"TensorFlow {tf.__version__} is running; rebuild fastmoments")
     if path not in _LIBRARIES:
         try:
-            _LIBRARIES[path] = tf.load_op_library(path)
+            module = tf.load_op_library(path)
         except Exception as exc:  # noqa: BLE001 - any load failure means: use the fallback
             return None, f"failed to load {path}: {type(exc).__name__}: {exc}"
+        stale = _signature_mismatch()
+        if stale is not None:
+            return None, (f"stale library: {path} {stale}; rebuild fastmoments "
+                          "(pip install --no-build-isolation .)")
+        _LIBRARIES[path] = module
         # Statistics are not differentiated through (as Normalization.adapt).
         tf.no_gradient("FastMoments>Moments")
         tf.no_gradient("FastMoments>MergeMoments")
     return _LIBRARIES[path], None
+
+
+def _expected_signatures() -> Dict[str, Tuple[List[str], List[str]]]:
+    """Input and output names of each op as this module calls them (the state layout)."""
+    fields = list(STATE_FIELDS)
+    return {
+        "FastMoments>Moments": (["x"], fields),
+        "FastMoments>MergeMoments": ([f + "_a" for f in fields] + [f + "_b" for f in fields], fields),
+    }
+
+
+def _signature_mismatch() -> Optional[str]:
+    """None when the registered ops have the signatures this module calls, else what differs.
+
+    A library built from older sources (three state fields) still loads into a TensorFlow of the
+    right version; its registered op definitions tell it apart.
+    """
+    from tensorflow.python.framework import op_def_registry
+
+    for name, (inputs, outputs) in _expected_signatures().items():
+        op_def = op_def_registry.get(name)
+        if op_def is None:
+            return f"does not register {name}"
+        got_in = [a.name for a in op_def.input_arg]
+        got_out = [a.name for a in op_def.output_arg]
+        if (got_in, got_out) != (inputs, outputs):
+            return (f"registers {name}({', '.join(got_in)}) -> ({', '.join(got_out)}), expected "
+                    f"({', '.join(inputs)}) -> ({', '.join(outputs)})")
+    return None
 
 
 _loader = _OpLoader()
@@ -220,30 +266,38 @@ def _fallback_state(x: tf.Tensor, keep: List[int], nan_omit: bool, threads: int)
         kept = normalize_keep_axes(tuple(keep), a.ndim)
         kept_shape = tuple(a.shape[k] for k in kept)
         if a.size == 0:  # the identity state, as the op gives
-            return (np.zeros(kept_shape, np.int64), np.zeros(kept_shape), np.zeros(kept_shape))
+            return tuple(np.zeros(kept_shape, d.as_numpy_dtype) for d in _STATE_DTYPES)
         r = compute(a, axis=kept, nan_policy="omit" if nan_omit else "propagate",
                     threads=n_threads)
         d = r.to_dict()
-        return d["count"].astype(np.int64), d["mean"], d["m2"]
+        return tuple(np.asarray(d[f], dt.as_numpy_dtype) for f, dt in zip(STATE_FIELDS, _STATE_DTYPES))
 
-    count, mean, m2 = tf.numpy_function(run, [x], [tf.int64, tf.float64, tf.float64],
-                                        stateful=False, name="fastmoments_state_fallback")
+    state = tf.numpy_function(run, [x], list(_STATE_DTYPES), stateful=False,
+                              name="fastmoments_state_fallback")
     shape = _static_state_shape(x.shape, keep)
-    for t in (count, mean, m2):
+    for t in state:
         t.set_shape(shape)
-    return count, mean, m2
+    return tuple(state)
+
+
+def _op_state(ops: Any, x: tf.Tensor, keep: List[int], nan_omit: bool, threads: int) -> State:
+    return tuple(ops.fast_moments_moments(x, keep_axes=keep, nan_omit=nan_omit, threads=threads))
+
+
+def _op_merge(ops: Any, a: State, b: State) -> State:
+    return tuple(ops.fast_moments_merge_moments(*a, *b))
 
 
 def _state(x: tf.Tensor, keep: List[int], nan_omit: bool, threads: int) -> State:
     ops = _ops()
     if ops is None:
         return _fallback_state(x, keep, nan_omit, threads)
-    return tuple(ops.fast_moments_moments(x, keep_axes=keep, nan_omit=nan_omit, threads=threads))
+    return _op_state(ops, x, keep, nan_omit, threads)
 
 
 def moment_state(x: Any, axis: AxisLike = -1, *, nan_policy: str = "propagate",
                  threads: Optional[int] = None) -> State:
-    """The mergeable state ``(count, mean, m2)`` of a tensor, as tensors.
+    """The mergeable state ``(count, mean, m2, mean_lo)`` of a tensor, as tensors.
 
     Parameters
     ----------
@@ -257,9 +311,10 @@ def moment_state(x: Any, axis: AxisLike = -1, *, nan_policy: str = "propagate",
 
     Returns
     -------
-    count (int64), mean (float64), m2 (float64)
-        Each with the shape of the kept axes. An empty reduction gives count 0, mean 0, m2 0.
-        Merge states with :func:`merge_states`.
+    count (int64), mean, m2, mean_lo (float64)
+        Each with the shape of the kept axes (:data:`STATE_FIELDS`): ``m2`` is
+        ``sum((x - mean)**2)``, ``mean_lo`` the rounding residual of ``mean``. An empty reduction
+        gives the zero state. Merge states with :func:`merge_states`.
     """
     x = tf.convert_to_tensor(x)
     _check_dtype(x.dtype)
@@ -271,18 +326,21 @@ def moment_state(x: Any, axis: AxisLike = -1, *, nan_policy: str = "propagate",
 
 
 def _fallback_merge(a: State, b: State) -> State:
-    def run(ca, ma, qa, cb, mb, qb):
+    def run(*fields):
+        sa, sb = fields[:4], fields[4:]
+        ca, cb = sa[0], sb[0]
         if ca.shape != cb.shape:
             if ca.ndim == 0 and ca == 0:
-                return cb, mb, qb
+                return sb
             if cb.ndim == 0 and cb == 0:
-                return ca, ma, qa
+                return sa
             raise ValueError(f"MergeMoments: states of shapes {ca.shape} and {cb.shape} cannot be merged")
-        c, m, q, _ = _core.combine(ca, ma, qa, cb, mb, qb)
-        return (np.asarray(c, np.int64).reshape(ca.shape), np.asarray(m).reshape(ca.shape),
-                np.asarray(q).reshape(ca.shape))
+        (c, m, q, lo), (c2, m2, q2, lo2) = sa, sb
+        out = _core.combine(c, m, q, c2, m2, q2, lo, lo2)
+        return tuple(np.asarray(f, dt.as_numpy_dtype).reshape(ca.shape)
+                     for f, dt in zip(out, _STATE_DTYPES))
 
-    out = tf.numpy_function(run, [*a, *b], [tf.int64, tf.float64, tf.float64], stateful=False,
+    out = tf.numpy_function(run, [*a, *b], list(_STATE_DTYPES), stateful=False,
                             name="fastmoments_merge_fallback")
     sa, sb = a[0].shape, b[0].shape
     if sa.rank == 0 and sb.rank not in (0, None):
@@ -298,20 +356,34 @@ def _fallback_merge(a: State, b: State) -> State:
     return tuple(out)
 
 
-def merge_states(a: State, b: State) -> State:
-    """Merge two ``(count, mean, m2)`` states (the core's Chan merge) into the state of both.
+def _as_state(state: Any, name: str) -> State:
+    """The four tensors of a state, checked: a ``(count, mean, m2, mean_lo)`` sequence."""
+    if not isinstance(state, (tuple, list)) or len(state) != len(STATE_FIELDS):
+        got = f"a sequence of {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
+        raise ValueError(f"{name} must be a state ({', '.join(STATE_FIELDS)}) as returned by "
+                         f"moment_state, got {got}")
+    return tuple(tf.convert_to_tensor(t, dt) for t, dt in zip(state, _STATE_DTYPES))
 
-    The states must have one shape, except that a scalar state with count 0 (no data yet) merges
-    with a state of any shape.
+
+def zero_state(shape: Sequence[int] = ()) -> State:
+    """The state of no data (the identity of :func:`merge_states`); a scalar one merges with a
+    state of any shape."""
+    return tuple(tf.zeros(shape, dt) for dt in _STATE_DTYPES)
+
+
+def merge_states(a: State, b: State) -> State:
+    """Merge two ``(count, mean, m2, mean_lo)`` states (the core's Chan merge) into the state of
+    both.
+
+    The states must have one shape, except that a scalar state with count 0 (no data yet, see
+    :func:`zero_state`) merges with a state of any shape.
     """
-    a = (tf.convert_to_tensor(a[0], tf.int64), tf.convert_to_tensor(a[1], tf.float64),
-         tf.convert_to_tensor(a[2], tf.float64))
-    b = (tf.convert_to_tensor(b[0], tf.int64), tf.convert_to_tensor(b[1], tf.float64),
-         tf.convert_to_tensor(b[2], tf.float64))
+    a = _as_state(a, "the first state")
+    b = _as_state(b, "the second state")
     ops = _ops()
     if ops is None:
         return _fallback_merge(a, b)
-    return tuple(ops.fast_moments_merge_moments(*a, *b))
+    return _op_merge(ops, a, b)
 
 
 def moments(x: Any, axis: AxisLike = -1, ddof: int = 0, *, nan_policy: str = "propagate",
@@ -345,7 +417,7 @@ def moments(x: Any, axis: AxisLike = -1, ddof: int = 0, *, nan_policy: str = "pr
     (array([2., 4.]), array([1., 4.]), array([2, 2]))
     """
     ddof = check_ddof(ddof)
-    count, mean, m2 = moment_state(x, axis, nan_policy=nan_policy, threads=threads)
+    count, mean, m2, _ = moment_state(x, axis, nan_policy=nan_policy, threads=threads)
     nan = tf.constant(np.nan, tf.float64)
     denom = tf.cast(count, tf.float64) - tf.constant(float(ddof), tf.float64)
     mean = tf.where(count > 0, mean, nan)
@@ -398,11 +470,10 @@ def _dataset_loop(keep: Tuple[int, ...], nan_omit: bool, threads: int, use_op: b
         ops = _ops()
 
         def batch_state(x):
-            return tuple(ops.fast_moments_moments(x, keep_axes=keep_list, nan_omit=nan_omit,
-                                                  threads=threads))
+            return _op_state(ops, x, keep_list, nan_omit, threads)
 
         def merge(a, b):
-            return tuple(ops.fast_moments_merge_moments(*a, *b))
+            return _op_merge(ops, a, b)
     else:
         def batch_state(x):
             return _fallback_state(x, keep_list, nan_omit, threads)
@@ -419,18 +490,19 @@ def _dataset_loop(keep: Tuple[int, ...], nan_omit: bool, threads: int, use_op: b
         def more(opt, *state):
             return opt.has_value()
 
-        def step(opt, count, mean, m2, values):
+        def step(opt, *loop_vars):
+            state, values = loop_vars[:-1], loop_vars[-1]
             x = opt.get_value()
             part = batch_state(x)
             # Values per index before NaNs are dropped, for nan_policy="raise".
             seen = tf.size(x, out_type=tf.int64) // tf.maximum(tf.size(part[0], out_type=tf.int64), 1)
-            return (it.get_next_as_optional(), *merge((count, mean, m2), part), values + seen)
+            return (it.get_next_as_optional(), *merge(state, part), values + seen)
 
         first = it.get_next_as_optional()
         any_shape = tf.TensorShape(None)
         out = tf.while_loop(more, step, (first, *init),
-                            shape_invariants=(tf.type_spec_from_value(first), any_shape, any_shape,
-                                              any_shape, tf.TensorShape([])))
+                            shape_invariants=(tf.type_spec_from_value(first),
+                                              *([any_shape] * len(STATE_FIELDS)), tf.TensorShape([])))
         return out[1:]
 
     _LOOPS[key] = loop
@@ -442,7 +514,7 @@ def dataset_moments(dataset: "tf.data.Dataset", axis: AxisLike = -1, steps: Opti
                     threads: Optional[int] = None) -> Moments:
     """Exact pooled statistics of the features of a ``tf.data`` dataset, in one graph-mode pass.
 
-    Each batch becomes a ``(count, mean, m2)`` state (the ``FastMoments>Moments`` op) merged into
+    Each batch becomes a ``(count, mean, m2, mean_lo)`` state (the ``FastMoments>Moments`` op) merged into
     the running state with the core's merge (``FastMoments>MergeMoments``) in a ``tf.function``
     while loop over the dataset's iterator: no Python runs per batch. Results equal one pass over the concatenated
     data to rounding, whatever the batch sizes (short last batch included).
@@ -521,16 +593,16 @@ def dataset_moments(dataset: "tf.data.Dataset", axis: AxisLike = -1, steps: Opti
     kept_shape = _static_state_shape(dataset.element_spec.shape, keep)
     # A scalar empty state merges with any shape: the start when the kept shape is not static.
     shape = kept_shape.as_list() if kept_shape.is_fully_defined() else []
-    init = (tf.zeros(shape, tf.int64), tf.zeros(shape, tf.float64), tf.zeros(shape, tf.float64),
-            tf.constant(0, tf.int64))
+    init = (*zero_state(shape), tf.constant(0, tf.int64))
     loop = _dataset_loop(tuple(keep), nan_omit, threads_attr, _ops() is not None)
     try:
-        count, mean, m2, values = loop(dataset, init)
+        *state, values = loop(dataset, init)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
         raise ValueError(f"dataset_moments: {exc.message}") from None
-    count, mean, m2 = count.numpy(), mean.numpy(), m2.numpy()
+    fields = dict(zip(STATE_FIELDS, (t.numpy() for t in state)))
+    count = fields["count"]
     if count.size == 0 or (not np.any(count > 0) and int(values) == 0):
         raise ValueError("the dataset is empty: no data to compute moments of")
     if nan_policy == "raise" and np.any(count != int(values)):
         raise ValueError("the dataset contains NaN (nan_policy='raise')")
-    return Moments(count, mean, m2, ddof=ddof)
+    return Moments(**fields, ddof=ddof)
