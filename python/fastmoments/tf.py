@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from . import _core
 from ._axes import AxisLike, normalize_keep_axes
-from ._checks import check_ddof, check_nan_policy, check_threads
-from ._compute import compute
+from ._checks import check_ddof, check_nan_policy, check_threads, default_threads
+from ._array import reduce_ndarray
 from ._moments import Moments
 
 __all__ = [
@@ -253,7 +253,7 @@ def _static_state_shape(shape: tf.TensorShape, keep: Sequence[int]) -> tf.Tensor
 # -- per-tensor states ------------------------------------------------------------------------------
 
 def _fallback_state(x: tf.Tensor, keep: List[int], nan_omit: bool, threads: int) -> State:
-    n_threads = threads or None
+    n_threads = threads or default_threads()
     # bfloat16 crosses as its bits: TF's numpy_function conversion of bfloat16 tensors warns.
     view = tf.bfloat16.as_numpy_dtype if x.dtype == tf.bfloat16 else None
     if view is not None:
@@ -267,10 +267,8 @@ def _fallback_state(x: tf.Tensor, keep: List[int], nan_omit: bool, threads: int)
         kept_shape = tuple(a.shape[k] for k in kept)
         if a.size == 0:  # the identity state, as the op gives
             return tuple(np.zeros(kept_shape, d.as_numpy_dtype) for d in _STATE_DTYPES)
-        r = compute(a, axis=kept, nan_policy="omit" if nan_omit else "propagate",
-                    threads=n_threads)
-        d = r.to_dict()
-        return tuple(np.asarray(d[f], dt.as_numpy_dtype) for f, dt in zip(STATE_FIELDS, _STATE_DTYPES))
+        state = reduce_ndarray(a, kept, omit=nan_omit, threads=n_threads)  # the raw state, as the op's
+        return tuple(np.asarray(part, dt.as_numpy_dtype) for part, dt in zip(state, _STATE_DTYPES))
 
     state = tf.numpy_function(run, [x], list(_STATE_DTYPES), stateful=False,
                               name="fastmoments_state_fallback")
