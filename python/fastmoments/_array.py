@@ -61,8 +61,12 @@ def array_moments(arr: np.ndarray, opts: ComputeOptions, sample: Optional[float]
     kept = normalize_keep_axes(opts.axis, arr.ndim)
     check_reduction(arr.shape, kept)
     floating = is_floating(arr.dtype)
+
+    def run(omit: bool, report=None) -> State:
+        return reduce_ndarray(arr, kept, omit=omit, threads=opts.threads, report=report)
+
     with progress_reporter(opts.progress, arr.nbytes) as report:
-        state = reduce_ndarray(arr, kept, omit=kernel_omits(opts.nan_policy, floating),
-                               threads=opts.threads, report=report)
+        state = run(kernel_omits(opts.nan_policy, floating), report)
     return finish(state, nan_policy=opts.nan_policy, floating=floating,
-                  expected=values_per_output(arr.shape, kept), ddof=opts.ddof, sample=sample)
+                  expected=values_per_output(arr.shape, kept), ddof=opts.ddof, sample=sample,
+                  rerun=run)

@@ -196,6 +196,8 @@ def compute(data: Any, opts: ComputeOptions) -> Moments:
         shape = arr.shape
 
     floating = is_floating_code(code)
-    state = State.of(run(kernel_omits(opts.nan_policy, floating)), tuple(shape[i] for i in kept))
+    out_shape = tuple(shape[i] for i in kept)
+    state = State.of(run(kernel_omits(opts.nan_policy, floating)), out_shape)
     return finish(state, nan_policy=opts.nan_policy, floating=floating,
-                  expected=values_per_output(shape, kept), ddof=opts.ddof)
+                  expected=values_per_output(shape, kept), ddof=opts.ddof,
+                  rerun=lambda omit: State.of(run(omit), out_shape))

@@ -591,7 +591,6 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
     if math.prod(total_shape) == 0:
         return array_moments(np.zeros(total_shape, sources[0].dtype), opts)
     floating = any(is_floating(s.dtype) for s in sources)
-    omit = kernel_omits(opts.nan_policy, floating)
     fraction = None
     if opts.sample is not None:
         if isinstance(opts.sample, (float, np.floating)):
@@ -623,9 +622,10 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
             row_axis = 0  # whole file: pieces follow the storage order
         total_bytes += nrows * row_bytes
         plans.append((src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes, shp[0]))
-    rows_read = 0
-    parts = []
-    with progress_reporter(opts.progress, total_bytes) as report:
+    rows_read = sum(plan[4] for plan in plans)
+
+    def run(omit: bool, report=None) -> State:
+        parts = []
         base = 0
         for src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes, _ in plans:
             sub = None if report is None else (lambda done, b=base: report(b + done))
@@ -639,21 +639,25 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
             if fortran:
                 state = State(*(a.T.copy() for a in state))  # (ascontiguousarray makes 0-d 1-d)
             parts.append(state)
-            rows_read += nrows
             base += nrows * row_bytes
-    # One state per source, concatenated (axis 0 kept) or merged in source order.
-    if 0 in kept:
-        total = State(*(np.concatenate([p[k] for p in parts], axis=0) for k in range(4)))
-    else:
+        # One state per source, concatenated (axis 0 kept) or merged in source order.
+        if 0 in kept:
+            return State(*(np.concatenate([p[k] for p in parts], axis=0) for k in range(4)))
         total = parts[0]
         for p in parts[1:]:
             total = total.merge(p)
+        return total
+
+    # A compressed member is decompressed once: "raise" then omits NaNs in its single pass.
+    can_rerun = not any(isinstance(src, StreamedMember) for src in sources)
+    with progress_reporter(opts.progress, total_bytes) as report:
+        total = run(kernel_omits(opts.nan_policy, floating, can_rerun), report)
     # Values each output would count without NaNs (rows read along the data's axis 0).
     per_row = math.prod(shapes[0][k] for k in range(1, ndim) if k not in kept)
     expected = per_row if 0 in kept else per_row * rows_read
     sample = None if fraction is None else rows_read / max(1, sum(p[-1] for p in plans))
     return finish(total, nan_policy=opts.nan_policy, floating=floating, expected=expected,
-                  ddof=opts.ddof, sample=sample)
+                  ddof=opts.ddof, sample=sample, rerun=run if can_rerun else None)
 
 
 def _logical_shape(src) -> Tuple[int, ...]:

@@ -30,7 +30,8 @@ from . import _core
 from ._axes import AxisLike, normalize_keep_axes
 from ._checks import check_ddof, check_nan_policy, check_threads, default_threads
 from ._array import reduce_ndarray
-from ._moments import Moments
+from ._finish import finish, kernel_omits
+from ._moments import Moments, State as StateRecord
 
 __all__ = [
     "OpFallbackWarning", "STATE_FIELDS", "dataset_moments", "merge_states", "moment_state",
@@ -587,7 +588,8 @@ def dataset_moments(dataset: "tf.data.Dataset", axis: AxisLike = -1, steps: Opti
                              "dataset statistics always reduce over the samples")
     else:
         keep = _keep_axes(axis, None)
-    nan_omit = nan_policy != "propagate"
+    # One pass over a dataset: "raise" omits NaNs and compares the counts with the values seen.
+    nan_omit = kernel_omits(nan_policy, floating=True, can_rerun=False)
     kept_shape = _static_state_shape(dataset.element_spec.shape, keep)
     # A scalar empty state merges with any shape: the start when the kept shape is not static.
     shape = kept_shape.as_list() if kept_shape.is_fully_defined() else []
@@ -597,10 +599,7 @@ def dataset_moments(dataset: "tf.data.Dataset", axis: AxisLike = -1, steps: Opti
         *state, values = loop(dataset, init)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
         raise ValueError(f"dataset_moments: {exc.message}") from None
-    fields = dict(zip(STATE_FIELDS, (t.numpy() for t in state)))
-    count = fields["count"]
-    if count.size == 0 or (not np.any(count > 0) and int(values) == 0):
+    total = StateRecord.of([t.numpy() for t in state])
+    if total.count.size == 0 or (not np.any(total.count > 0) and int(values) == 0):
         raise ValueError("the dataset is empty: no data to compute moments of")
-    if nan_policy == "raise" and np.any(count != int(values)):
-        raise ValueError("the dataset contains NaN (nan_policy='raise')")
-    return Moments(**fields, ddof=ddof)
+    return finish(total, nan_policy=nan_policy, floating=True, expected=int(values), ddof=ddof)
