@@ -49,10 +49,11 @@ py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan
     }
     int64_t nout = 1;
     for (auto d : out_shape) nout *= d;
-    if (nout == 0) return states_to_arrays({}, out_shape);
+    StateArrays result(out_shape);
+    if (nout == 0) return result.fields();
     if (any_empty) throw py::value_error("cannot compute moments of an empty reduction (0 values per output)");
 
-    std::vector<MomentState> out(static_cast<size_t>(nout));
+    MomentState* out = result.data();
     PythonPoll poller(poll);
     ReduceOptions opt;
     opt.threads = threads;
@@ -61,14 +62,15 @@ py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan
     Status status;
     {
         // Safe without the GIL: the kernel only reads the buffer (kept alive by `arr`) and writes
-        // `out`; Python objects are touched only inside `opt.poll`, which takes the GIL back.
+        // `out` (the result's own buffer); Python objects are touched only inside `opt.poll`, which
+        // takes the GIL back.
         py::gil_scoped_release release;
         status = variant.reduce(arr.data(), dtype, ndim, shape.data(), strides.data(), keep_flags.get(),
-                                out.data(), opt);
+                                out, opt);
     }
     poller.rethrow();
     if (status != Status::Ok) throw py::value_error("computation cancelled");
-    return states_to_arrays(out, out_shape);
+    return result.fields();
 }
 
 using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -87,11 +89,12 @@ py::tuple combine_arrays(I64 ca, F64 ma, F64 qa, I64 cb, F64 mb, F64 qb, py::obj
                                static_cast<const py::array*>(&qb), static_cast<const py::array*>(&la),
                                static_cast<const py::array*>(&lb)})
         if (a->size() != n) throw py::value_error("combine: states have different shapes");
-    std::vector<MomentState> out(static_cast<size_t>(n));
+    StateArrays result(std::vector<py::ssize_t>(ca.shape(), ca.shape() + ca.ndim()));
+    MomentState* out = result.data();
     for (py::ssize_t i = 0; i < n; ++i)
-        out[static_cast<size_t>(i)] = combine(MomentState{ca.data()[i], ma.data()[i], qa.data()[i], la.data()[i]},
-                                              MomentState{cb.data()[i], mb.data()[i], qb.data()[i], lb.data()[i]});
-    return states_to_arrays(out, std::vector<py::ssize_t>(ca.shape(), ca.shape() + ca.ndim()));
+        out[i] = combine(MomentState{ca.data()[i], ma.data()[i], qa.data()[i], la.data()[i]},
+                         MomentState{cb.data()[i], mb.data()[i], qb.data()[i], lb.data()[i]});
+    return result.fields();
 }
 
 // Plain read of a C-contiguous buffer with independent 64-bit lanes and the same threads and

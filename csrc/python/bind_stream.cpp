@@ -91,17 +91,17 @@ io::StreamSpec checked_spec(const FileStreamSpec& f) {
 py::tuple stream_file(const FileStreamSpec& f, py::object poll, double poll_seconds) {
     io::StreamSpec spec = checked_spec(f);
     const isa::Variant& variant = pick_variant(f.isa);
-    std::vector<MomentState> out(static_cast<size_t>(spec.out_size));
+    StateArrays result({static_cast<py::ssize_t>(spec.out_size)});
     PythonPoll poller(poll);
     auto poll_fn = [&poller](int64_t done, int64_t total) { return poller(done, total); };
     io::StreamResult res;
     {
-        // Safe without the GIL: the pipeline touches only its own buffers, `spec` and `out`;
+        // Safe without the GIL: the pipeline touches only its own buffers, `spec` and the result;
         // Python is entered only from poll_fn, which takes the GIL back. All threads it starts are
         // joined before run() returns, also on error and cancellation.
         py::gil_scoped_release release;
         io::BlockStream stream(spec, variant.reduce);
-        res = stream.run(out.data(), poll_fn, poll_seconds);
+        res = stream.run(result.data(), poll_fn, poll_seconds);
     }
     poller.rethrow();
     switch (res.kind) {
@@ -114,7 +114,7 @@ py::tuple stream_file(const FileStreamSpec& f, py::object poll, double poll_seco
             throw py::error_already_set();
         }
     }
-    return states_to_arrays(out, {static_cast<py::ssize_t>(spec.out_size)});
+    return result.fields();
 }
 
 }  // namespace

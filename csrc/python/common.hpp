@@ -4,7 +4,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <vector>
@@ -66,18 +68,34 @@ private:
     std::exception_ptr error_;
 };
 
-// States -> (count, mean, m2, mean_lo) arrays of the given shape.
-inline py::tuple states_to_arrays(const std::vector<MomentState>& states, const std::vector<py::ssize_t>& shape) {
-    py::array_t<int64_t> count(shape);
-    py::array_t<double> mean(shape), m2(shape), mean_lo(shape);
-    int64_t* c = count.mutable_data();
-    double* mu = mean.mutable_data();
-    double* q = m2.mutable_data();
-    double* lo = mean_lo.mutable_data();
-    const py::ssize_t n = count.size();
-    for (py::ssize_t i = 0; i < n && i < static_cast<py::ssize_t>(states.size()); ++i)
-        c[i] = states[i].count, mu[i] = states[i].mean, q[i] = states[i].m2, lo[i] = states[i].mean_lo;
-    return py::make_tuple(count, mean, m2, mean_lo);
-}
+// Output states written in place into one NumPy record array with MomentState's layout; its
+// fields are the result arrays (count, mean, m2, mean_lo), so a result costs 32 bytes per kept
+// index and nothing is copied.
+static_assert(sizeof(MomentState) == 32 && offsetof(MomentState, mean) == 8 &&
+                  offsetof(MomentState, m2) == 16 && offsetof(MomentState, mean_lo) == 24,
+              "MomentState must be four packed 8-byte fields");
+
+class StateArrays {
+public:
+    explicit StateArrays(const std::vector<py::ssize_t>& shape) {
+        py::list fields;
+        fields.append(py::make_tuple("count", "<i8"));
+        for (const char* name : {"mean", "m2", "mean_lo"}) fields.append(py::make_tuple(name, "<f8"));
+        record_ = py::array(py::dtype::from_args(fields), shape);  // zero-filled: count 0, the empty state
+        std::memset(record_.mutable_data(), 0, static_cast<size_t>(record_.nbytes()));
+    }
+
+    MomentState* data() { return static_cast<MomentState*>(record_.mutable_data()); }
+    py::ssize_t size() const { return record_.size(); }
+
+    // (count, mean, m2, mean_lo): views of the record's fields.
+    py::tuple fields() const {
+        return py::make_tuple(record_[py::str("count")], record_[py::str("mean")],
+                              record_[py::str("m2")], record_[py::str("mean_lo")]);
+    }
+
+private:
+    py::array record_;
+};
 
 }  // namespace fastmoments::python

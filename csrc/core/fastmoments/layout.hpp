@@ -88,7 +88,7 @@ constexpr int64_t kFoldTarget = 64;   // fold short kept rows up to at least thi
 // ... and at most this many: per-lane sums (12 ints per 8-bit lane, 3 doubles per float lane)
 // must stay well inside L1. uint8 RGB measured 0.81-0.87 of the read loop at 96 lanes, 0.77-0.82
 // at 192 and 0.48-0.52 at 960 lanes (46 KB of sums: L1 overflow).
-constexpr int64_t kFoldMaxLanes = 128;
+constexpr int64_t kFoldMaxLanes = 384;
 
 // shape/strides: the array; keep[i]: axis i keeps statistics. All sizes must be > 0.
 inline Plan make_plan(int ndim, const int64_t* shape, const int64_t* strides, const bool* keep) {
