@@ -24,11 +24,13 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 import keras
 import numpy as np
 
+from ._batchnorm import BatchNormRecalibration, LayerRecalibration, recalibrate_batchnorm
 from ._compute import check_nan_policy, compute, load_npy
 from ._moments import Accumulator, Moments
 from ._routes import is_dask_collection
 
-__all__ = ["FastNorm", "FastNormWarning", "AUTO_PROGRESS_BYTES", "AUTO_PROGRESS_BATCHES"]
+__all__ = ["FastNorm", "FastNormWarning", "AUTO_PROGRESS_BYTES", "AUTO_PROGRESS_BATCHES",
+           "BatchNormRecalibration", "LayerRecalibration", "recalibrate_batchnorm"]
 
 # progress=None shows a bar for inputs at least this big (bytes of an array or file) ...
 AUTO_PROGRESS_BYTES = 1 << 30
