@@ -488,7 +488,8 @@ class _LayerStatistics:
         self.dof: Optional[np.ndarray] = None
 
     def add(self, x: Any) -> None:
-        x = np.asarray(keras.ops.convert_to_numpy(x))
+        # TF eager tensors: .numpy() shares the CPU buffer (np.array() on them warns under NumPy 2)
+        x = np.asarray(x.numpy() if hasattr(x, "numpy") else keras.ops.convert_to_numpy(x))
         axes = self.layer.axis if isinstance(self.layer.axis, (list, tuple)) else [self.layer.axis]
         keep = tuple(sorted(int(a) % x.ndim for a in axes))
         part = compute(x, axis=keep)  # the kernel: one (count, mean, m2) state per batch
@@ -526,11 +527,17 @@ class _LayerStatistics:
         return mean.reshape(shape), variance.reshape(shape), int(count.max())
 
 
+def _values(variable: Any) -> np.ndarray:
+    """A copy of a Keras variable's values (its own ``__array__``; ``convert_to_numpy`` would reach
+    the TF variable's, which warns under NumPy 2's copy protocol)."""
+    return np.array(np.asarray(variable))
+
+
 def _summary(layer: Any, mean: np.ndarray, variance: np.ndarray, count: int, level: int
              ) -> LayerRecalibration:
     eps = float(layer.epsilon)
-    old_mean = np.asarray(keras.ops.convert_to_numpy(layer.moving_mean), dtype=np.float64)
-    old_var = np.asarray(keras.ops.convert_to_numpy(layer.moving_variance), dtype=np.float64)
+    old_mean = np.asarray(_values(layer.moving_mean), dtype=np.float64)
+    old_var = np.asarray(_values(layer.moving_variance), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         shift = np.abs(mean - old_mean) / np.sqrt(variance + eps)
         ratio = (old_var + eps) / (variance + eps)
@@ -663,7 +670,7 @@ def _assign(targets: List[Any], results: Dict[int, Tuple[np.ndarray, np.ndarray,
         mean, variance, _ = results[id(layer)]
         values.append((layer.moving_mean, mean.astype(layer.moving_mean.dtype)))
         values.append((layer.moving_variance, variance.astype(layer.moving_variance.dtype)))
-    old = [(variable, keras.ops.convert_to_numpy(variable)) for variable, _ in values]
+    old = [(variable, _values(variable)) for variable, _ in values]
     try:
         for variable, value in values:
             variable.assign(value)
