@@ -507,3 +507,19 @@ def test_digits_recovers_inference_accuracy():
     assert before < batch_stats - 0.3  # the failure the issue describes
     recalibrate_batchnorm(model, x_train)
     assert accuracy(False) >= batch_stats - 0.01
+
+
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_host_reduction_matches_reference(monkeypatch, mode):
+    """The path other backends (and TF without the compiled op) take: inputs leave the traced
+    function and are reduced by fastmoments.compute on the host."""
+    import fastmoments._batchnorm as bn
+
+    monkeypatch.setattr(bn, "_graph_reduction", lambda: None)
+    model = sequential_cnn()
+    perturb(model)
+    x = images((6, 6, 2))
+    want = reference_recalibration(model, x, bn_layers(model), functional_submodels(model), mode,
+                                   "batch_mean")
+    recalibrate_batchnorm(model, x, batch_size=BATCH, mode=mode, estimator="batch_mean")
+    assert_recalibrated(model, want)

@@ -35,6 +35,9 @@ __all__ = ["BatchNormRecalibration", "LayerRecalibration", "recalibrate_batchnor
 _MODES = ("inference", "train")
 _ESTIMATORS = ("population", "batch_mean")
 _DEFAULT_BATCH_SIZE = 32  # as model.predict
+# Threads of each in-graph reduction: a batch's activations are a few MiB and TensorFlow runs
+# the op beside the rest of the forward pass on its own pool.
+_OP_THREADS = 1
 
 
 class _Stop(BaseException):
@@ -308,6 +311,9 @@ class _Taps:
         self.overrides: Dict[int, List[Tuple[Any, Any]]] = {}
         self.wanted: Dict[int, int] = {}  # target id -> calls per forward to record
         self.record: Optional[List[Tuple[int, Any, Any]]] = None  # analysis: (id, input, output)
+        # In-graph reduction of a captured input to a (count, mean, m2) state, or None to return
+        # the input itself (reduced on the host).
+        self.reduce: Optional[Any] = None
         self._captured: Dict[str, Any] = {}
         self._seen: Dict[int, int] = {}
 
@@ -352,7 +358,8 @@ class _Taps:
                 raise ValueError(f"BatchNormalization layer {layer.name!r} is called with a mask; "
                                  "recalibrate_batchnorm() computes statistics over every position "
                                  "and does not support masked inputs")
-            self._captured[f"{self.slot[key]}:{calls}"] = inputs
+            self._captured[f"{self.slot[key]}:{calls}"] = (
+                inputs if self.reduce is None else self.reduce(layer, inputs))
             if self.record is None and all(self._seen.get(k, 0) >= n
                                            for k, n in self.wanted.items()):
                 raise _Stop()  # every wanted input is recorded: the rest is never traced
@@ -374,6 +381,27 @@ class _Taps:
         if self.record is not None:
             self.record.append((key, inputs, output))
         return output
+
+
+def _kept_axes(layer: Any, ndim: int) -> Tuple[int, ...]:
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    return tuple(sorted(int(a) % ndim for a in axes))
+
+
+def _graph_reduction():
+    """Under TensorFlow with the compiled op loaded: reduce each captured input inside the traced
+    function with ``FastMoments>Moments`` (the same kernel), so only (count, mean, m2) leave the
+    graph and TensorFlow overlaps the reduction with the rest of the forward pass."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from . import tf as fm_tf
+
+    if not fm_tf.op_info()["loaded"]:
+        return None  # the numpy_function fallback would only add a round trip: reduce on the host
+
+    def reduce(layer, x):
+        return fm_tf.moment_state(x, axis=_kept_axes(layer, len(x.shape)), threads=_OP_THREADS)
+    return reduce
 
 
 def _compile(fn):
@@ -488,11 +516,12 @@ class _LayerStatistics:
         self.dof: Optional[np.ndarray] = None
 
     def add(self, x: Any) -> None:
-        # TF eager tensors: .numpy() shares the CPU buffer (np.array() on them warns under NumPy 2)
-        x = np.asarray(x.numpy() if hasattr(x, "numpy") else keras.ops.convert_to_numpy(x))
-        axes = self.layer.axis if isinstance(self.layer.axis, (list, tuple)) else [self.layer.axis]
-        keep = tuple(sorted(int(a) % x.ndim for a in axes))
-        part = compute(x, axis=keep)  # the kernel: one (count, mean, m2) state per batch
+        if isinstance(x, (tuple, list)):  # a state reduced in the graph by the op
+            part = Moments(*(t.numpy() for t in x))
+        else:
+            # TF eager tensors: .numpy() shares the CPU buffer (np.array() warns under NumPy 2)
+            x = np.asarray(x.numpy() if hasattr(x, "numpy") else keras.ops.convert_to_numpy(x))
+            part = compute(x, axis=_kept_axes(self.layer, x.ndim))  # one state per batch
         self.state = part if self.state is None else self.state.merge(part)
         if self.estimator == "batch_mean":
             count = np.asarray(part.count, dtype=np.float64)
@@ -632,6 +661,7 @@ def recalibrate_batchnorm(model, data, steps=None, *, batch_size=None, mode="inf
             total = None if source.length is None else source.length * passes
             bar = keras.utils.Progbar(total, unit_name="batch", stateful_metrics=["pass"])
         taps.train = mode == "train"
+        taps.reduce = _graph_reduction()
         for level in range(passes):
             members = [layer for layer in targets if level_of[id(layer)] == level]
             stats = {id(layer): _LayerStatistics(layer, estimator) for layer in members}
