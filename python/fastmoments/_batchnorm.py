@@ -404,12 +404,23 @@ def _graph_reduction():
     return reduce
 
 
-def _compile(fn):
+def _batch_spec(first: Any):
+    """TensorSpecs of the batches with an unknown batch size: one trace serves every batch,
+    the short last one included."""
+    import tensorflow as tf
+
+    def spec(t):
+        t = tf.convert_to_tensor(t)
+        return tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype)
+    return keras.tree.map_structure(spec, first)
+
+
+def _compile(fn, first: Any):
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        return tf.function(fn, input_signature=[_batch_spec(first)])
     if backend == "jax":
         import jax
 
@@ -471,8 +482,7 @@ def _levels(model: Any, taps: _Taps, targets: List[Any], first: Any, mode: str
                 model(x, training=False)
                 return 0
 
-            tf.function(probe, autograph=True).get_concrete_function(
-                keras.tree.map_structure(tf.convert_to_tensor, first))
+            tf.function(probe).get_concrete_function(_batch_spec(first))
         else:
             taps.start()
             model(first, training=False)
@@ -649,7 +659,8 @@ def recalibrate_batchnorm(model, data, steps=None, *, batch_size=None, mode="inf
     level_of: Dict[int, int] = {}
     batches_read = 0
     with _Taps(found, targets) as taps:
-        level_of, calls = _levels(model, taps, targets, source.first(), mode)
+        first = source.first()
+        level_of, calls = _levels(model, taps, targets, first, mode)
         passes = max(level_of.values()) + 1
         if passes > 1 and not source.reiterable:
             raise ValueError(f"mode='inference' needs {passes} passes over the data for this "
@@ -671,7 +682,7 @@ def recalibrate_batchnorm(model, data, steps=None, *, batch_size=None, mode="inf
                                                              results[key][1])]
                 for layer in targets for key in [id(layer)] if key in results
             }
-            step = _compile(_forward(model, taps))
+            step = _compile(_forward(model, taps), first)
             by_slot = {taps.slot[id(layer)]: stats[id(layer)] for layer in members}
             for x in source.batches():
                 rows = _rows(x)
