@@ -677,10 +677,11 @@ def recalibrate_batchnorm(model, data, steps=None, *, batch_size=None, mode="inf
             members = [layer for layer in targets if level_of[id(layer)] == level]
             stats = {id(layer): _LayerStatistics(layer, estimator) for layer in members}
             taps.wanted = {id(layer): calls[id(layer)] for layer in members}
+            # Layers of earlier levels normalize with their new statistics (not yet assigned).
             taps.overrides = {
-                key: [(layer.moving_mean, results[key][0]), (layer.moving_variance,
-                                                             results[key][1])]
-                for layer in targets for key in [id(layer)] if key in results
+                id(layer): [(layer.moving_mean, results[id(layer)][0]),
+                            (layer.moving_variance, results[id(layer)][1])]
+                for layer in targets if id(layer) in results
             }
             step = _compile(_forward(model, taps), first)
             by_slot = {taps.slot[id(layer)]: stats[id(layer)] for layer in members}
