@@ -17,6 +17,8 @@ keras = pytest.importorskip("keras")
 from fastmoments.keras import recalibrate_batchnorm  # noqa: E402
 from reference import reference as shared_reference  # noqa: E402
 
+pytestmark = pytest.mark.tf
+
 L = keras.layers
 BATCH = 16
 ROWS = 100  # 6 batches of 16 and a short one of 4
