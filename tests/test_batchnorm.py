@@ -359,6 +359,7 @@ def test_data_kinds_agree(tmp_path):
     train = kinds(x, mode="train", batch_size=BATCH)
     assert_same(train, kinds((b for b in batches), mode="train"))
     assert_same(train, kinds(((b, b) for b in batches), mode="train"))
+    assert_same(train, kinds([[b, b[:, 0, 0, 0]] for b in batches], mode="train"))
 
 
 def test_steps_and_infinite_data():

@@ -190,7 +190,10 @@ def _tf():
 
 
 def _features(element: Any) -> Any:
-    """``x`` of an ``x``, ``(x, y)`` or ``(x, y, sample_weight)`` element, as Keras unpacks it."""
+    """``x`` of an ``x``, ``(x, y)`` or ``(x, y, sample_weight)`` element, as Keras unpacks it
+    (``keras.utils.unpack_x_y_sample_weight``: lists count as tuples)."""
+    if isinstance(element, list):
+        element = tuple(element)
     if isinstance(element, tuple) and 1 <= len(element) <= 3:
         return element[0]
     return element
