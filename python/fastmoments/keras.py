@@ -24,13 +24,15 @@ import keras
 import numpy as np
 
 from ._accumulator import Accumulator
+from ._batchnorm import BatchNormRecalibration, LayerRecalibration, recalibrate_batchnorm
 from ._checks import check_nan_policy
 from ._compute import compute
 from ._moments import Moments
 from ._npyfile import load_npy
 from ._routes import is_dask_collection
 
-__all__ = ["FastNorm", "FastNormWarning", "AUTO_PROGRESS_BYTES", "AUTO_PROGRESS_BATCHES"]
+__all__ = ["FastNorm", "FastNormWarning", "AUTO_PROGRESS_BYTES", "AUTO_PROGRESS_BATCHES",
+           "BatchNormRecalibration", "LayerRecalibration", "recalibrate_batchnorm"]
 
 # progress=None shows a bar for inputs at least this big (bytes of an array or file) ...
 AUTO_PROGRESS_BYTES = 1 << 30
