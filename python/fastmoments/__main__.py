@@ -86,10 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     st = sub.add_parser(
-        "stats", help="count, mean and std per feature of .npy files",
-        description="Per-feature statistics of one or more .npy files (memory-mapped; several "
-                    "files or a glob are read as one dataset, concatenated along axis 0).")
-    st.add_argument("paths", nargs="+", metavar="PATH", help=".npy file(s) or glob pattern(s)")
+        "stats", help="count, mean and std per feature of .npy, NIfTI and image files",
+        description="Per-feature statistics of .npy files (memory-mapped), NIfTI volumes "
+                    "(.nii, .nii.gz) and PNG/JPEG/TIFF images (pip install 'fastmoments[imaging]'): "
+                    "several files, a glob or a folder are read as one dataset, concatenated along "
+                    "axis 0; each volume or image is one sample (a new leading axis).")
+    st.add_argument("paths", nargs="+", metavar="PATH",
+                    help="file(s), glob pattern(s) or folder(s)")
+    st.add_argument("--recursive", action="store_true",
+                    help="folders also contribute the files of their sub-folders")
+    st.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                    help="an unreadable file stops with an error (default) or is skipped and listed")
     st.add_argument("--axis", type=parse_axis, default=-1, metavar="AXES",
                     help="axes that keep separate statistics: -1 (default), 1, 0,2 or none")
     st.add_argument("--ddof", type=_non_negative_int, default=0, metavar="N",
@@ -254,7 +261,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     data: Any = paths[0] if len(paths) == 1 else paths
     t0 = time.perf_counter()
     r = fastmoments.compute(data, axis=args.axis, ddof=args.ddof, nan_policy=args.nan_policy,
-                            threads=args.threads, progress=progress)
+                            threads=args.threads, progress=progress, recursive=args.recursive,
+                            on_error=args.on_error)
     seconds = time.perf_counter() - t0
     axis_text = "none" if args.axis is None else str(args.axis)
     rate = ""
@@ -265,6 +273,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
           f"nan_policy {args.nan_policy}; {seconds:.3f} s{rate}")
     for line in _summary_lines(r, args.max_features):
         print(line)
+    if r.skipped:
+        print(f"skipped {len(r.skipped)} unreadable file(s):")
+        for path, reason in r.skipped:
+            print(f"  {path}: {reason}")
     if args.out is not None:
         write_stats(r, args.out, axis=args.axis, ddof=args.ddof, nan_policy=args.nan_policy,
                     sources=paths)
