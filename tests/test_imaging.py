@@ -335,3 +335,46 @@ def test_memory_stays_bounded(tmp_path):
     volume = 64 * 64 * 64 * 4
     assert int(count) == 12 * 64 ** 3
     assert int(grown) <= 2 * 2 * volume, f"peak RSS grew {int(grown) / volume:.1f} volumes"
+
+
+def test_gzip_members_and_checksums(tmp_path):
+    v = RNG.normal(7, 2, (16, 15, 14)).astype(np.float32)
+    p = save_nifti(tmp_path / "v.nii", v)
+    raw = p.read_bytes()
+    # bgzip-style: the file in several gzip members one after another
+    cut = [0, 1000, 5000, len(raw) // 2, len(raw)]
+    multi = tmp_path / "multi.nii.gz"
+    multi.write_bytes(b"".join(gzip.compress(raw[a:b]) for a, b in zip(cut, cut[1:])))
+    check(fastmoments.compute(multi, axis=-1), nifti_data(multi)[None], -1)
+    assert np.array_equal(nifti_data(multi), v)
+    # a flipped bit in the CRC of the trailer
+    one = bytearray(gzip.compress(raw))
+    one[-6] ^= 0x40
+    bad = tmp_path / "crc.nii.gz"
+    bad.write_bytes(bytes(one))
+    with pytest.raises(ValueError, match=r"crc\.nii\.gz"):
+        fastmoments.compute(bad, axis=None)
+
+
+def test_ctrl_c_stops_within_a_second(tmp_path, monkeypatch):
+    import signal
+    import threading
+    import time
+
+    write_images(tmp_path / "k", n=40, size=(8, 8))
+    slow = _imaging._reduce_image
+
+    def slow_reduce(*args):
+        time.sleep(0.2)
+        return slow(*args)
+
+    monkeypatch.setattr(_imaging, "_reduce_image", slow_reduce)  # 40 x 0.2 s: >= 4 s whole
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        fastmoments.compute(tmp_path / "k", axis=-1, threads=2)
+    elapsed = time.monotonic() - t0
+    timer.join()
+    assert elapsed < 1.3, elapsed
+    assert not [t for t in threading.enumerate() if t.name.startswith("fastmoments-decode")]

@@ -24,6 +24,7 @@ import concurrent.futures
 import math
 import os
 import threading
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -187,8 +188,6 @@ def _scaled_dtype(raw: np.dtype, slope, inter) -> np.dtype:
 def _reduce_nifti(src: DecodedFile, kept: Tuple[int, ...], omit: bool) -> State:
     """Reads the volume in slabs along its last axis (contiguous in Fortran order), scales each as
     nibabel does and reduces it; slab states concatenate (last axis kept) or merge, in order."""
-    import gzip
-
     raw, offset, slope, inter, scaled = src.info
     shape = src.shape
     if math.prod(shape) == 0:
@@ -199,14 +198,15 @@ def _reduce_nifti(src: DecodedFile, kept: Tuple[int, ...], omit: bool) -> State:
     out_axis = len(kept) - 1 if last in kept else None
     parts: List[State] = []
     total: Optional[State] = None
-    opener = gzip.open if src.path.lower().endswith(".gz") else open
     try:
-        with opener(src.path, "rb") as f:
-            _skip(f, offset, src.path)
+        with open(src.path, "rb") as f:
+            read = _Inflater(f.read()).read if src.path.lower().endswith(".gz") else f.read
+            if len(read(offset)) != offset:
+                raise ValueError(f"NIfTI file {src.path!r} is truncated before its data offset")
             for start in range(0, shape[-1], per):
                 n = min(per, shape[-1] - start)
                 want = n * slab_elems * raw.itemsize
-                buf = f.read(want)
+                buf = read(want)
                 if len(buf) != want:
                     raise ValueError(f"NIfTI file {src.path!r} is truncated: its data ends before "
                                      f"the {shape[1:]} values its header promises")
@@ -218,11 +218,13 @@ def _reduce_nifti(src: DecodedFile, kept: Tuple[int, ...], omit: bool) -> State:
                     parts.append(state)
                 else:
                     total = state if total is None else total.merge(state)
-    except (OSError, EOFError, ValueError) as exc:
-        if isinstance(exc, ValueError) and src.path in str(exc):
+            if isinstance(getattr(read, "__self__", None), _Inflater):
+                read.__self__.finish(src.path)
+    except ValueError as exc:
+        if src.path in str(exc):
             raise
         raise _cannot_read(src.path, "NIfTI", exc) from exc
-    except Exception as exc:  # noqa: BLE001 - zlib.error and friends: a corrupt file
+    except Exception as exc:  # noqa: BLE001 - OSError, zlib.error: an unreadable or corrupt file
         raise _cannot_read(src.path, "NIfTI", exc) from exc
     if out_axis is not None:
         return State(*(np.concatenate([p[k] for p in parts], axis=out_axis) for k in range(4)))
@@ -230,12 +232,41 @@ def _reduce_nifti(src: DecodedFile, kept: Tuple[int, ...], omit: bool) -> State:
     return total
 
 
-def _skip(f, n: int, path: str) -> None:
-    while n > 0:
-        got = len(f.read(min(n, PIECE_BYTES)))
-        if got == 0:
-            raise ValueError(f"NIfTI file {path!r} is truncated before its data offset")
-        n -= got
+class _Inflater:
+    """Exactly ``n`` inflated bytes per :meth:`read` from a gzip file held compressed in memory
+    (``zlib`` inflates without the GIL, in one call per piece; members that follow one another,
+    as bgzip writes them, are read in turn). :meth:`finish` checks the end of the stream, so the
+    CRC in the trailer is verified."""
+
+    def __init__(self, blob: bytes):
+        self._z = zlib.decompressobj(31)
+        self._data = blob
+
+    def read(self, n: int) -> bytes:
+        parts: List[bytes] = []
+        got = 0
+        while got < n:
+            if self._z.eof:
+                if not self._data.strip(b"\0"):
+                    break
+                self._z = zlib.decompressobj(31)
+            chunk = self._z.decompress(self._data, n - got)
+            self._data = self._z.unconsumed_tail or self._z.unused_data
+            if not chunk and not self._z.eof and not self._z.unconsumed_tail:
+                break  # the compressed data ended early
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def finish(self, path: str) -> None:
+        """Reads to the end of the member (bytes past the volume are allowed), which checks the
+        CRC in its trailer; ``ValueError`` when the stream is cut short."""
+        while not self._z.eof:
+            before = len(self._data)
+            self._z.decompress(self._data, PIECE_BYTES)
+            self._data = self._z.unconsumed_tail or self._z.unused_data
+            if not self._z.eof and len(self._data) == before and not self._z.unconsumed_tail:
+                raise ValueError(f"gzip stream of {path!r} is truncated")
 
 
 def _image_target(img) -> str:
