@@ -157,8 +157,20 @@ def _npy_header(path: str):
         return None
 
 
-def _describe_sources(paths: List[str]) -> Tuple[str, Optional[int]]:
+def _describe_sources(paths: List[str], recursive: bool = False) -> Tuple[str, Optional[int]]:
     """A one-line description of the input and its size in bytes (None when unknown)."""
+    from ._imaging import file_kind
+
+    if any(os.path.isdir(p) or file_kind(p) for p in paths):  # folders, NIfTI, images
+        from ._stream import paths_shape
+
+        name = paths[0] if len(paths) == 1 else f"{len(paths)} paths"
+        try:
+            shape, nbytes = paths_shape(paths, recursive)
+        except (OSError, ValueError, TypeError, ImportError):
+            return name, None  # the computation reports why
+        shown = tuple("?" if d is None else d for d in shape)
+        return f"{name}: shape {shown}, {nbytes / 1e9:.3g} GB decoded", nbytes
     if len(paths) == 1:
         head = _npy_header(paths[0])
         if head is not None:
@@ -257,7 +269,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         raise CommandError(f"--out must end in .npz or .json, got {args.out!r}")
     paths = list(args.paths)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    description, nbytes = _describe_sources(paths)
+    description, nbytes = _describe_sources(paths, args.recursive)
     data: Any = paths[0] if len(paths) == 1 else paths
     t0 = time.perf_counter()
     r = fastmoments.compute(data, axis=args.axis, ddof=args.ddof, nan_policy=args.nan_policy,

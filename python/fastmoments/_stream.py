@@ -12,9 +12,13 @@ Sources (all reach here through :func:`fastmoments.compute`):
 - HDF5 datasets (h5py): contiguous uncompressed datasets through the native pipeline, chunked ones
   chunk by chunk along axis 0; Zarr arrays chunk by chunk, decompressed by a thread pool ahead of
   the kernel.
-- lists of paths and glob patterns (``"vol_*.npy"``): the arrays are concatenated along axis 0
-  (same trailing shape required). For statistics per voxel over many volumes of one shape, feed
-  each file to an :class:`~fastmoments.Accumulator` instead.
+- lists of paths, glob patterns (``"vol_*.npy"``) and folders (the files in them fastmoments
+  reads, sorted; ``recursive=``): the arrays are concatenated along axis 0. They must agree on
+  the number of axes and on the kept axes; reduced axes may differ in size.
+- NIfTI volumes and PNG/JPEG/TIFF images (``_imaging``): each is one sample (a new leading axis
+  of length 1), so a folder of volumes of one shape is their stack. Uncompressed unscaled ``.nii``
+  is a ``FileArray`` for the native pipeline; the others are ``DecodedFile`` sources reduced on a
+  bounded pool of threads, states merged in file order.
 
 ``sample=`` reads a seeded random subset of blocks of rows (axis 0, which must then be reduced);
 the result's ``.sample`` is the fraction of rows read. In a Fortran-order file a block of rows is
@@ -612,6 +616,23 @@ def compute(data: Any, opts: ComputeOptions) -> Moments:
         _close(sources)
     result.skipped = tuple(skipped)
     return result
+
+
+def paths_shape(data: Any, recursive: bool = False) -> Tuple[Tuple[Optional[int], ...], int]:
+    """The shape ``compute`` reads ``data`` (a path, glob, folder or list of them) as, from the
+    files' headers (nothing decoded), and its size in bytes once decoded. Axes whose size differs
+    between files are None."""
+    sources = sources_of(data, ComputeOptions(recursive=recursive))
+    try:
+        shapes = [_logical_shape(s) for s in sources]
+        nbytes = sum(int(getattr(s, "nbytes", 0)) for s in sources)
+    finally:
+        _close(sources)
+    first = shapes[0]
+    if any(len(s) != len(first) for s in shapes) or not first:
+        return first, nbytes
+    rest = tuple(d if all(s[k] == d for s in shapes) else None for k, d in enumerate(first) if k)
+    return (sum(s[0] for s in shapes),) + rest, nbytes
 
 
 def _check_shapes(sources, shapes, kept: Optional[Tuple[int, ...]]) -> None:
