@@ -340,6 +340,8 @@ def test_memory_stays_bounded(tmp_path):
 @pytest.mark.parametrize("inflater", ["auto", "zlib"])
 def test_gzip_members_and_checksums(tmp_path, monkeypatch, inflater):
     monkeypatch.setattr(_imaging, "INFLATER", inflater)
+    monkeypatch.setattr(_imaging, "INPUT_BYTES", 997)  # many refills of compressed input
+    monkeypatch.setattr(_imaging, "PIECE_BYTES", 16 * 15 * 4 * 3)  # three slabs per piece
     v = RNG.normal(7, 2, (16, 15, 14)).astype(np.float32)
     p = save_nifti(tmp_path / "v.nii", v)
     raw = p.read_bytes()
@@ -349,6 +351,10 @@ def test_gzip_members_and_checksums(tmp_path, monkeypatch, inflater):
     multi.write_bytes(b"".join(gzip.compress(raw[a:b]) for a, b in zip(cut, cut[1:])))
     check(fastmoments.compute(multi, axis=-1), nifti_data(multi)[None], -1)
     assert np.array_equal(nifti_data(multi), v)
+    # zero padding after the last member (as some writers leave)
+    padded = tmp_path / "padded.nii.gz"
+    padded.write_bytes(gzip.compress(raw) + bytes(3000))
+    check(fastmoments.compute(padded, axis=-1), v[None], -1)
     # a flipped bit in the CRC of the trailer
     one = bytearray(gzip.compress(raw))
     one[-6] ^= 0x40

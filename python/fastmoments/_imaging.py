@@ -43,6 +43,8 @@ READABLE_SUFFIXES = ARRAY_SUFFIXES + NIFTI_SUFFIXES + IMAGE_SUFFIXES
 EXTRA_HINT = "pip install 'fastmoments[imaging]'"
 # Bytes of a NIfTI volume read, scaled and reduced at a time by one worker.
 PIECE_BYTES = 4 << 20
+# Compressed bytes of a .nii.gz read at a time.
+INPUT_BYTES = 1 << 20
 # How often the waiting thread checks for Ctrl-C.
 POLL_SECONDS = 0.05
 
@@ -200,7 +202,7 @@ def _reduce_nifti(src: DecodedFile, kept: Tuple[int, ...], omit: bool) -> State:
     total: Optional[State] = None
     try:
         with open(src.path, "rb") as f:
-            read = _Inflater(f.read()).read if src.path.lower().endswith(".gz") else f.read
+            read = _Inflater(f).read if src.path.lower().endswith(".gz") else f.read
             if len(read(offset)) != offset:
                 raise ValueError(f"NIfTI file {src.path!r} is truncated before its data offset")
             for start in range(0, shape[-1], per):
@@ -250,28 +252,38 @@ INFLATER = "auto"
 
 
 class _Inflater:
-    """Exactly ``n`` inflated bytes per :meth:`read` from a gzip file held compressed in memory
-    (one inflate call per piece, without the GIL; members that follow one another, as bgzip
-    writes them, are read in turn). :meth:`finish` reads to the end of the stream, so the CRC in
-    the trailer is verified."""
+    """Exactly ``n`` inflated bytes per :meth:`read` from a gzip file, reading 1 MiB of compressed
+    input at a time (one inflate call per piece, without the GIL; members that follow one another,
+    as bgzip writes them, are read in turn; zero padding after the last member is allowed).
+    :meth:`finish` reads to the end of the member, so the CRC in its trailer is verified."""
 
-    def __init__(self, blob: bytes):
+    def __init__(self, f):
+        self._f = f
         self._zlib = inflater()
         self._z = self._zlib.decompressobj(31)
-        self._data = blob
+        self._data = b""
+        self._ended = False  # the last member is complete and only zeros (or nothing) follow
+
+    def _more(self) -> bool:
+        chunk = self._f.read(INPUT_BYTES)
+        self._data = self._data + chunk if self._data else chunk
+        return bool(chunk)
 
     def read(self, n: int) -> bytes:
         parts: List[bytes] = []
         got = 0
-        while got < n:
+        while got < n and not self._ended:
             if self._z.eof:
                 if not self._data.strip(b"\0"):
-                    break
+                    self._data = b""
+                    if not self._more():
+                        self._ended = True
+                    continue
                 self._z = self._zlib.decompressobj(31)
+            if not self._data and not self._more():
+                break  # the compressed data ended early: a short read
             chunk = self._z.decompress(self._data, n - got)
-            self._data = self._z.unconsumed_tail or self._z.unused_data
-            if not chunk and not self._z.eof and not self._z.unconsumed_tail:
-                break  # the compressed data ended early
+            self._data = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
             parts.append(chunk)
             got += len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -280,11 +292,10 @@ class _Inflater:
         """Reads to the end of the member (bytes past the volume are allowed), which checks the
         CRC in its trailer; ``ValueError`` when the stream is cut short."""
         while not self._z.eof:
-            before = len(self._data)
-            self._z.decompress(self._data, PIECE_BYTES)
-            self._data = self._z.unconsumed_tail or self._z.unused_data
-            if not self._z.eof and len(self._data) == before and not self._z.unconsumed_tail:
+            if not self._data and not self._more():
                 raise ValueError(f"gzip stream of {path!r} is truncated")
+            self._z.decompress(self._data, PIECE_BYTES)
+            self._data = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
 
 
 def _image_target(img) -> str:
