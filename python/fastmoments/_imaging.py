@@ -202,7 +202,8 @@ def _reduce_nifti(src: DecodedFile, kept: Tuple[int, ...], omit: bool) -> State:
     total: Optional[State] = None
     try:
         with open(src.path, "rb") as f:
-            read = _Inflater(f).read if src.path.lower().endswith(".gz") else f.read
+            inflate = _Inflater(f) if src.path.lower().endswith(".gz") else None
+            read = f.read if inflate is None else inflate.read
             if len(read(offset)) != offset:
                 raise ValueError(f"NIfTI file {src.path!r} is truncated before its data offset")
             for start in range(0, shape[-1], per):
@@ -220,8 +221,8 @@ def _reduce_nifti(src: DecodedFile, kept: Tuple[int, ...], omit: bool) -> State:
                     parts.append(state)
                 else:
                     total = state if total is None else total.merge(state)
-            if isinstance(getattr(read, "__self__", None), _Inflater):
-                read.__self__.finish(src.path)
+            if inflate is not None:
+                inflate.finish(src.path)
     except ValueError as exc:
         if src.path in str(exc):
             raise
