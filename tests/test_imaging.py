@@ -380,14 +380,19 @@ def test_ctrl_c_stops_within_a_second(tmp_path, monkeypatch):
         return slow(*args)
 
     monkeypatch.setattr(_imaging, "_reduce_image", slow_reduce)  # 40 x 0.2 s: >= 4 s whole
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    t0 = time.monotonic()
+    sent = []
+
+    def interrupt():
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(0.5, interrupt)
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         fastmoments.compute(tmp_path / "k", axis=-1, threads=2)
-    elapsed = time.monotonic() - t0
+    stopped = time.monotonic() - sent[0]
     timer.join()
-    assert elapsed < 1.3, elapsed
+    assert stopped < 1.0, f"{stopped:.2f} s from Ctrl-C to the end of compute()"
     assert not [t for t in threading.enumerate() if t.name.startswith("fastmoments-decode")]
 
 
