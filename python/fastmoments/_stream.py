@@ -270,7 +270,8 @@ def _path_source(spec: str, opts: ComputeOptions):
         raise ValueError(f"{path!r} is not an .npz archive, so '::{member}' names nothing")
     if magic != NPY_MAGIC:
         raise ValueError(f"{path!r} is neither a .npy nor an .npz file; for raw binary data pass "
-                         f"dtype= and shape=")
+                         f"dtype= and shape= (NIfTI and image files are known by their suffix: "
+                         f".nii, .nii.gz, .png, .jpg, .jpeg, .tif, .tiff)")
     head = npy_header_of_file(path, repr(path), size)
     return FileArray(path, head.offset, head.dtype, head.shape, head.fortran)
 
@@ -734,11 +735,12 @@ def _compute_sources(sources, opts: ComputeOptions,
                 if opts.on_error != "skip" or skipped is None:
                     raise
                 skipped.add(_name(src), str(exc))
+                state = None
+            base += nrows * row_bytes
+            if report is not None:
+                report(base, files=n_done + 1)
+            if state is None:
                 continue
-            finally:
-                base += nrows * row_bytes
-                if report is not None:
-                    report(base, files=n_done + 1)
             parts.append(state)
             rows_read += nrows
             per_row = math.prod(shp[k] for k in range(1, ndim) if k not in kept)
