@@ -15,6 +15,8 @@ Rows (GB/s of decoded values, best of --repeat, all cached in the page cache):
   rate (``np.asarray(Image.open(f))``) and vs the plain loop (Pillow + ``np.mean``/``np.var`` over
   the pixels of each file, merged by hand).
 Bars (issue 16): >= 0.8 of threads x decode rate, >= 0.8 of the .npy figure, >= 3x the loop.
+The ``threads=1`` rows compare one thread with one thread (the per-core efficiency, which the
+machine's load does not skew); the last line says how many cores the process actually got.
 """
 
 from __future__ import annotations
@@ -182,6 +184,12 @@ def main(argv=None) -> int:
             rows.append((f".nii.gz folder ({name})", fm,
                          f"{threads} x {name} inflate {one_thread[name]:.3f}",
                          fm / (threads * one_thread[name]), loop, fm / loop))
+            if threads > 1:  # per-core efficiency: one thread vs one thread, whatever the load
+                t1, _ = best(lambda: fastmoments.compute(os.path.join(tmp, "gz"), axis=None,
+                                                         threads=1), args.repeat)
+                fm1 = rate(vol_bytes, t1)
+                rows.append((f"  same, threads=1", fm1, f"1 x {name} inflate {one_thread[name]:.3f}",
+                             fm1 / one_thread[name], loop, fm1 / loop))
         _imaging.INFLATER = "auto"
 
         # ---- .nii ----
@@ -234,6 +242,12 @@ def main(argv=None) -> int:
         fm = rate(img_bytes, t_fm)
         rows.append(("JPEG folder (per channel)", fm, f"{threads} x decode {dec:.3f}",
                      fm / (threads * dec), rate(img_bytes, t_loop), fm / rate(img_bytes, t_loop)))
+        if threads > 1:
+            t1, _ = best(lambda: fastmoments.compute(os.path.join(tmp, "jpg"), axis=-1, threads=1),
+                         args.repeat)
+            fm1 = rate(img_bytes, t1)
+            rows.append(("  same, threads=1", fm1, f"1 x decode {dec:.3f}", fm1 / dec,
+                         rate(img_bytes, t_loop), fm1 / rate(img_bytes, t_loop)))
 
     print(f"threads {threads}; {args.volumes} volumes {tuple(args.shape)} float32 "
           f"({vol_bytes / 1e6:.0f} MB), {args.images} JPEGs {args.image_size}x{args.image_size} RGB "
