@@ -44,7 +44,7 @@ EXTRA_HINT = "pip install 'fastmoments[imaging]'"
 # Bytes of a NIfTI volume read, scaled and reduced at a time by one worker.
 PIECE_BYTES = 4 << 20
 # Compressed bytes of a .nii.gz read at a time.
-INPUT_BYTES = 1 << 20
+INPUT_BYTES = 4 << 20
 # How often the waiting thread checks for Ctrl-C.
 POLL_SECONDS = 0.05
 
@@ -253,7 +253,7 @@ INFLATER = "auto"
 
 
 class _Inflater:
-    """Exactly ``n`` inflated bytes per :meth:`read` from a gzip file, reading 1 MiB of compressed
+    """Exactly ``n`` inflated bytes per :meth:`read` from a gzip file, reading 4 MiB of compressed
     input at a time (one inflate call per piece, without the GIL; members that follow one another,
     as bgzip writes them, are read in turn; zero padding after the last member is allowed).
     :meth:`finish` reads to the end of the member, so the CRC in its trailer is verified."""
@@ -281,7 +281,8 @@ class _Inflater:
                         self._ended = True
                     continue
                 self._z = self._zlib.decompressobj(31)
-            if not self._data and not self._more():
+            # Enough input that one call fills the piece (a short call means a join: a copy).
+            if len(self._data) < INPUT_BYTES // 2 and not self._more() and not self._data:
                 break  # the compressed data ended early: a short read
             chunk = self._z.decompress(self._data, n - got)
             self._data = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
