@@ -174,7 +174,7 @@ def main(argv=None) -> int:
             t_whole, _ = best(lambda: [mod.decompress(b, 31) for b in blobs], args.repeat)
             t_piece, _ = best(lambda: [inflate_pieces(mod, b) for b in blobs], args.repeat)
             one_thread[name] = rate(vol_bytes, min(t_whole, t_piece))
-        del blobs
+        blobs.clear()  # free the compressed copies
 
         def nib_loop(paths):
             parts = []
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
                 t1, _ = best(lambda: fastmoments.compute(os.path.join(tmp, "gz"), axis=None,
                                                          threads=1), args.repeat)
                 fm1 = rate(vol_bytes, t1)
-                rows.append((f"  same, threads=1", fm1, f"1 x {name} inflate {one_thread[name]:.3f}",
+                rows.append(("  same, threads=1", fm1, f"1 x {name} inflate {one_thread[name]:.3f}",
                              fm1 / one_thread[name], loop, fm1 / loop))
         _imaging.INFLATER = "auto"
 

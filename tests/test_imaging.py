@@ -273,8 +273,11 @@ def test_threads_do_not_change_the_bits(tmp_path):
                 assert np.asarray(getattr(r, k)).tobytes() == np.asarray(getattr(one, k)).tobytes()
 
 
-def test_progress_counts_bytes_and_files(tmp_path):
-    paths = write_images(tmp_path / "p", n=3)
+def test_progress_counts_bytes_and_files(tmp_path, capsys):
+    write_images(tmp_path / "p", n=3)
+    pytest.importorskip("tqdm")
+    fastmoments.compute(tmp_path / "p", axis=-1, progress=True)
+    assert "3/3 files" in capsys.readouterr().err
     seen = []
     fastmoments.compute(tmp_path / "p", axis=-1, progress=lambda done, total: seen.append((done, total)))
     total = 3 * 12 * 10 * 3
