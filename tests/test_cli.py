@@ -112,7 +112,8 @@ def test_stats_passes_paths_through(monkeypatch, tmp_path, capsys):
     assert seen[0][0] == "a.npy" and isinstance(seen[0][0], str)
     assert seen[0][1]["progress"] is False and seen[0][1]["axis"] == -1
     assert seen[1][0] == ["a.npy", "b_*.npy"]
-    assert seen[1][1] == dict(axis=None, ddof=1, nan_policy="raise", threads=3, progress=True)
+    assert seen[1][1] == dict(axis=None, ddof=1, nan_policy="raise", threads=3, progress=True,
+                              recursive=False, on_error="raise")
     capsys.readouterr()
 
 

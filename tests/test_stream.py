@@ -267,8 +267,10 @@ def test_missing_and_bad_files(tmp_path):
     np.save(tmp_path / "c.npy", np.ones(4, np.complex64))
     with pytest.raises(TypeError, match="complex"):
         fastmoments.compute(tmp_path / "c.npy")
-    with pytest.raises(ValueError, match="directory"):
-        fastmoments.compute(tmp_path)
+    (tmp_path / "sub").mkdir()  # a folder means the files in it: here none fastmoments reads
+    (tmp_path / "sub" / "t.txt").write_text("hello world")
+    with pytest.raises(ValueError, match="no readable files"):
+        fastmoments.compute(tmp_path / "sub")
 
 
 def test_bad_npy_headers(tmp_path):

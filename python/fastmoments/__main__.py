@@ -86,10 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     st = sub.add_parser(
-        "stats", help="count, mean and std per feature of .npy files",
-        description="Per-feature statistics of one or more .npy files (memory-mapped; several "
-                    "files or a glob are read as one dataset, concatenated along axis 0).")
-    st.add_argument("paths", nargs="+", metavar="PATH", help=".npy file(s) or glob pattern(s)")
+        "stats", help="count, mean and std per feature of .npy, NIfTI and image files",
+        description="Per-feature statistics of .npy files (memory-mapped), NIfTI volumes "
+                    "(.nii, .nii.gz) and PNG/JPEG/TIFF images (pip install 'fastmoments[imaging]'): "
+                    "several files, a glob or a folder are read as one dataset, concatenated along "
+                    "axis 0; each volume or image is one sample (a new leading axis).")
+    st.add_argument("paths", nargs="+", metavar="PATH",
+                    help="file(s), glob pattern(s) or folder(s)")
+    st.add_argument("--recursive", action="store_true",
+                    help="folders also contribute the files of their sub-folders")
+    st.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                    help="an unreadable file stops with an error (default) or is skipped and listed")
     st.add_argument("--axis", type=parse_axis, default=-1, metavar="AXES",
                     help="axes that keep separate statistics: -1 (default), 1, 0,2 or none")
     st.add_argument("--ddof", type=_non_negative_int, default=0, metavar="N",
@@ -150,8 +157,20 @@ def _npy_header(path: str):
         return None
 
 
-def _describe_sources(paths: List[str]) -> Tuple[str, Optional[int]]:
+def _describe_sources(paths: List[str], recursive: bool = False) -> Tuple[str, Optional[int]]:
     """A one-line description of the input and its size in bytes (None when unknown)."""
+    from ._imaging import file_kind
+
+    if any(os.path.isdir(p) or file_kind(p) for p in paths):  # folders, NIfTI, images
+        from ._stream import paths_shape
+
+        name = paths[0] if len(paths) == 1 else f"{len(paths)} paths"
+        try:
+            shape, nbytes = paths_shape(paths, recursive)
+        except (OSError, ValueError, TypeError, ImportError):
+            return name, None  # the computation reports why
+        shown = tuple("?" if d is None else d for d in shape)
+        return f"{name}: shape {shown}, {nbytes / 1e9:.3g} GB decoded", nbytes
     if len(paths) == 1:
         head = _npy_header(paths[0])
         if head is not None:
@@ -250,11 +269,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         raise CommandError(f"--out must end in .npz or .json, got {args.out!r}")
     paths = list(args.paths)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    description, nbytes = _describe_sources(paths)
+    description, nbytes = _describe_sources(paths, args.recursive)
     data: Any = paths[0] if len(paths) == 1 else paths
     t0 = time.perf_counter()
     r = fastmoments.compute(data, axis=args.axis, ddof=args.ddof, nan_policy=args.nan_policy,
-                            threads=args.threads, progress=progress)
+                            threads=args.threads, progress=progress, recursive=args.recursive,
+                            on_error=args.on_error)
     seconds = time.perf_counter() - t0
     axis_text = "none" if args.axis is None else str(args.axis)
     rate = ""
@@ -265,6 +285,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
           f"nan_policy {args.nan_policy}; {seconds:.3f} s{rate}")
     for line in _summary_lines(r, args.max_features):
         print(line)
+    if r.skipped:
+        print(f"skipped {len(r.skipped)} unreadable file(s):")
+        for path, reason in r.skipped:
+            print(f"  {path}: {reason}")
     if args.out is not None:
         write_stats(r, args.out, axis=args.axis, ddof=args.ddof, nan_policy=args.nan_policy,
                     sources=paths)

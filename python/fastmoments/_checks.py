@@ -11,6 +11,7 @@ import numpy as np
 from ._axes import AxisLike
 
 NAN_POLICIES = ("propagate", "omit", "raise")
+ON_ERRORS = ("raise", "skip")
 DEVICES = ("auto", "cpu", "cuda")
 # More threads than this is a mistake, not a machine (the kernel takes a C int).
 MAX_THREADS = 1 << 16
@@ -52,6 +53,18 @@ def check_ddof(ddof: int) -> int:
     if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
     return int(ddof)
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERRORS:
+        raise ValueError(f"on_error must be one of {ON_ERRORS}, got {on_error!r}")
+    return on_error
+
+
+def check_recursive(recursive: Any) -> bool:
+    if not isinstance(recursive, (bool, np.bool_)):
+        raise TypeError(f"recursive must be True or False, got {recursive!r}")
+    return bool(recursive)
 
 
 def check_device(device: str) -> str:
@@ -112,3 +125,5 @@ class ComputeOptions:
     sample_seed: Optional[int] = None
     dtype: Any = None
     shape: Optional[Tuple[int, ...]] = None
+    recursive: bool = False
+    on_error: str = "raise"

@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional, Tuple, Union
 from ._array import array_moments
 from ._axes import AxisLike
 from ._checks import (ComputeOptions, as_array, check_ddof, check_device, check_nan_policy,
-                      check_sample, check_threads, default_threads)
+                      check_on_error, check_recursive, check_sample, check_threads,
+                      default_threads)
 from ._moments import Moments
 from ._routes import find_route
 
@@ -20,17 +21,27 @@ def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = 
             progress: Union[bool, Callable[[int, int], Any]] = False,
             device: str = "auto", sample: Optional[Union[float, int]] = None,
             sample_seed: Optional[int] = None, dtype: Any = None,
-            shape: Optional[Tuple[int, ...]] = None) -> Moments:
+            shape: Optional[Tuple[int, ...]] = None, recursive: bool = False,
+            on_error: str = "raise") -> Moments:
     """Per-feature count, mean and variance in one pass, exactly and at memory bandwidth.
 
     Parameters
     ----------
-    data : array_like, np.memmap, path, list of paths, h5py/zarr array, dask array, GPU array
+    data : array_like, np.memmap, path, folder, list of paths, h5py/zarr array, dask array, GPU array
         Any NumPy array (any strides, byte order, read-only), a memory map, the path of a
         ``.npy`` file (streamed, never loaded whole), or anything ``np.asarray`` accepts.
         Also streamed with bounded memory: ``"a.npz::name"`` (or ``"a.npz"`` holding one
         array), raw binary files with ``dtype=``/``shape=``, a list of paths or a glob such as
         ``"vol_*.npy"`` (concatenated along axis 0), h5py datasets and zarr arrays.
+        NIfTI-1/2 volumes (``.nii``, ``.nii.gz``; nibabel; scaled by ``scl_slope``/``scl_inter``
+        as ``img.dataobj`` is) and PNG/JPEG/TIFF images (Pillow; channels last, grayscale as one
+        channel) need ``pip install 'fastmoments[imaging]'``. Each such file is one sample: a
+        volume of shape (X, Y, Z) reads as (1, X, Y, Z), an image as (1, H, W, C), so a folder of
+        N of them is their stack (N, ...), concatenated along axis 0 like ``.npy`` lists and
+        mixable with them. A folder means the files in it with those suffixes (sorted by
+        name). Files are decoded on all cores, at most ``2 * threads`` in flight, merged in
+        file order. Reduced axes may differ in size between files (images of several sizes
+        with ``axis=-1``); kept axes must agree.
         Dtypes: bool, (u)int8-64, float16, bfloat16 (``ml_dtypes``), float32, float64.
     axis : None, int or tuple of ints, default -1
         Axes that keep separate statistics, as in ``keras.layers.Normalization``; all other axes
@@ -50,11 +61,18 @@ def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = 
         Fraction (< 1) or number of rows to read for an approximate answer on huge files.
     dtype, shape :
         Element type and shape of a raw binary file given as ``data``.
+    recursive : bool, default False
+        A folder in ``data`` also contributes the files of its sub-folders.
+    on_error : {"raise", "skip"}
+        A file that cannot be read or decoded raises ``ValueError`` naming it (nothing is left
+        running), or, with "skip", is left out and listed in the result's ``skipped`` as
+        ``(path, reason)`` pairs.
 
     Returns
     -------
     Moments
-        ``count``, ``mean``, ``variance``, ``std`` and ``m2`` with the shape of the kept axes.
+        ``count``, ``mean``, ``variance``, ``std`` and ``m2`` with the shape of the kept axes;
+        ``skipped`` lists files left out under ``on_error="skip"`` (empty otherwise).
 
     Examples
     --------
@@ -70,10 +88,13 @@ def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = 
     opts = ComputeOptions(axis=axis, ddof=check_ddof(ddof), nan_policy=check_nan_policy(nan_policy),
                           threads=check_threads(threads), progress=progress, device=check_device(device),
                           sample=sample, sample_seed=sample_seed, dtype=dtype,
-                          shape=None if shape is None else tuple(shape))
+                          shape=None if shape is None else tuple(shape),
+                          recursive=check_recursive(recursive), on_error=check_on_error(on_error))
     route = find_route(data, device)
     if route is not None:
         return route(data, opts)
     if sample is not None or dtype is not None or shape is not None:
         raise ValueError("sample=, dtype= and shape= apply to files, not to in-memory arrays")
+    if recursive or on_error != "raise":
+        raise ValueError("recursive= and on_error= apply to files and folders, not to in-memory arrays")
     return array_moments(as_array(data), opts)

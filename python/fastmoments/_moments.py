@@ -73,9 +73,15 @@ class Moments:
         Rounding residual of ``mean`` (the exact mean is ``mean + mean_lo``), filled in by the
         kernels. Merges use it so that means far from zero (1e9 with unit spread) lose no bits in
         Chan's delta; it defaults to 0, which is what a bare float64 mean holds.
+
+    Attributes
+    ----------
+    skipped : tuple of (str, str)
+        Files left out by ``compute(..., on_error="skip")`` as ``(path, reason)`` pairs, in file
+        order (empty otherwise); :meth:`merge` joins both sides' lists.
     """
 
-    __slots__ = ("_count", "_mean", "_m2", "_mean_lo", "ddof", "sample")
+    __slots__ = ("_count", "_mean", "_m2", "_mean_lo", "ddof", "sample", "skipped")
 
     def __init__(self, count, mean, m2, *, ddof: int = 0, sample: Optional[float] = None,
                  mean_lo=None):
@@ -101,6 +107,7 @@ class Moments:
         self._count, self._mean, self._m2, self._mean_lo = count, mean, m2, mean_lo
         self.ddof = int(ddof)
         self.sample = sample
+        self.skipped: Tuple[Tuple[str, str], ...] = ()
 
     @classmethod
     def from_state(cls, state: State, *, ddof: int = 0, sample: Optional[float] = None) -> "Moments":
@@ -152,13 +159,17 @@ class Moments:
         if other.shape != self.shape:
             raise ValueError(f"cannot merge Moments of shape {self.shape} with shape {other.shape}")
         sample = self.sample if self.sample is not None else other.sample
-        return Moments.from_state(self.state.merge(other.state), ddof=self.ddof, sample=sample)
+        out = Moments.from_state(self.state.merge(other.state), ddof=self.ddof, sample=sample)
+        out.skipped = tuple(self.skipped) + tuple(other.skipped)
+        return out
 
     __add__ = merge
 
     def with_ddof(self, ddof: int) -> "Moments":
-        return Moments(self._count, self._mean, self._m2, ddof=ddof, sample=self.sample,
-                       mean_lo=self._mean_lo)
+        out = Moments(self._count, self._mean, self._m2, ddof=ddof, sample=self.sample,
+                      mean_lo=self._mean_lo)
+        out.skipped = self.skipped
+        return out
 
     # -- plain data --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -169,11 +180,13 @@ class Moments:
 
     def __getstate__(self):
         return {"count": self._count, "mean": self._mean, "m2": self._m2,
-                "ddof": self.ddof, "sample": self.sample, "mean_lo": self._mean_lo}
+                "ddof": self.ddof, "sample": self.sample, "mean_lo": self._mean_lo,
+                "skipped": self.skipped}
 
     def __setstate__(self, state):
         self.__init__(state["count"], state["mean"], state["m2"], ddof=state["ddof"],
                       sample=state["sample"], mean_lo=state.get("mean_lo"))
+        self.skipped = tuple(state.get("skipped", ()))
 
     def __eq__(self, other):
         if not isinstance(other, Moments):

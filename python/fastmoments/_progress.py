@@ -10,14 +10,16 @@ ProgressLike = Union[bool, None, Callable[[int, int], Any]]
 
 
 @contextlib.contextmanager
-def progress_reporter(progress: ProgressLike, total_bytes: int,
-                      desc: str = "fastmoments") -> Iterator[Optional[Callable[[int], None]]]:
-    """Yields ``report(done_bytes)`` or ``None`` when no progress is wanted."""
+def progress_reporter(progress: ProgressLike, total_bytes: int, desc: str = "fastmoments",
+                      files: int = 0) -> Iterator[Optional[Callable[..., None]]]:
+    """Yields ``report(done_bytes, files=None)`` or ``None`` when no progress is wanted. With
+    ``files`` (more than one file to read) the bar also counts the files done (``files=``)."""
+    files_total = files
     if progress is None or progress is False:
         yield None
         return
     if callable(progress):
-        def report(done: int) -> None:
+        def report(done: int, files: Optional[int] = None) -> None:
             progress(int(done), int(total_bytes))
 
         yield report
@@ -30,27 +32,34 @@ def progress_reporter(progress: ProgressLike, total_bytes: int,
     except ImportError:  # pragma: no cover - tqdm is optional
         tqdm = None
     if tqdm is None:
-        def report(done: int) -> None:
+        counted = {"files": 0}
+
+        def report(done: int, files: Optional[int] = None) -> None:
             pct = 100.0 * done / max(1, total_bytes)
-            sys.stderr.write(f"\r{desc}: {pct:5.1f}% of {total_bytes / 1e9:.2f} GB")
+            if files is not None:
+                counted["files"] = files
+            of_files = f", {counted['files']}/{files_total} files" if files_total > 1 else ""
+            sys.stderr.write(f"\r{desc}: {pct:5.1f}% of {total_bytes / 1e9:.2f} GB{of_files}")
             sys.stderr.flush()
 
         yield report
-        report(total_bytes)
+        report(total_bytes, files=files_total)
         sys.stderr.write("\n")
         return
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
                dynamic_ncols=True, file=sys.stderr)
     state = {"done": 0}
 
-    def report(done: int) -> None:
+    def report(done: int, files: Optional[int] = None) -> None:
         done = min(int(done), total_bytes)
+        if files is not None and files_total > 1:
+            bar.set_postfix_str(f"{files}/{files_total} files", refresh=False)
         if done > state["done"]:
             bar.update(done - state["done"])
             state["done"] = done
 
     try:
         yield report
-        report(total_bytes)
+        report(total_bytes, files=files_total)
     finally:
         bar.close()

@@ -12,9 +12,13 @@ Sources (all reach here through :func:`fastmoments.compute`):
 - HDF5 datasets (h5py): contiguous uncompressed datasets through the native pipeline, chunked ones
   chunk by chunk along axis 0; Zarr arrays chunk by chunk, decompressed by a thread pool ahead of
   the kernel.
-- lists of paths and glob patterns (``"vol_*.npy"``): the arrays are concatenated along axis 0
-  (same trailing shape required). For statistics per voxel over many volumes of one shape, feed
-  each file to an :class:`~fastmoments.Accumulator` instead.
+- lists of paths, glob patterns (``"vol_*.npy"``) and folders (the files in them fastmoments
+  reads, sorted; ``recursive=``): the arrays are concatenated along axis 0. They must agree on
+  the number of axes and on the kept axes; reduced axes may differ in size.
+- NIfTI volumes and PNG/JPEG/TIFF images (``_imaging``): each is one sample (a new leading axis
+  of length 1), so a folder of volumes of one shape is their stack. Uncompressed unscaled ``.nii``
+  is a ``FileArray`` for the native pipeline; the others are ``DecodedFile`` sources reduced on a
+  bounded pool of threads, states merged in file order.
 
 ``sample=`` reads a seeded random subset of blocks of rows (axis 0, which must then be reduced);
 the result's ``.sample`` is the fraction of rows read. In a Fortran-order file a block of rows is
@@ -46,6 +50,8 @@ from ._npyfile import (NPY_MAGIC, ZIP_MAGIC, checked_nbytes, npy_header_of_file,
 from ._moments import Moments, State
 from ._progress import progress_reporter
 from ._checks import ComputeOptions
+from ._imaging import (DecodedFile, DecodedStates, check_same_channels, file_kind, list_directory,
+                       open_file)
 
 # Bytes per piece handed to one worker: a small multiple fits the L3 cache, large enough for the
 # disk to stream. Fixed (never derived from the thread count): piece boundaries decide the bits.
@@ -213,8 +219,10 @@ def _is_glob(s: str) -> bool:
     return any(c in _GLOB_CHARS for c in s)
 
 
-def expand_paths(data: Any) -> List[str]:
-    """Paths named by a path, a glob pattern or a list of them (globs sorted; none may be empty)."""
+def expand_paths(data: Any, recursive: bool = False) -> List[str]:
+    """Paths named by a path, a glob pattern, a directory (the files in it fastmoments reads,
+    sorted; sub-folders too when ``recursive``) or a list of them (globs sorted; none may be
+    empty)."""
     items = [data] if isinstance(data, (str, bytes, os.PathLike)) else list(data)
     out: List[str] = []
     for item in items:
@@ -222,10 +230,13 @@ def expand_paths(data: Any) -> List[str]:
         if isinstance(s, bytes):
             s = os.fsdecode(s)
         if _is_glob(s) and not os.path.exists(s):
-            matches = sorted(glob.glob(s))
+            matches = sorted(glob.glob(s, recursive=recursive))
             if not matches:
                 raise FileNotFoundError(f"no file matches {s!r}")
-            out.extend(matches)
+            for m in matches:
+                out.extend(list_directory(m, recursive) if os.path.isdir(m) else [m])
+        elif os.path.isdir(s):
+            out.extend(list_directory(s, recursive))
         else:
             out.append(s)
     if not out:
@@ -242,6 +253,9 @@ def _path_source(spec: str, opts: ComputeOptions):
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory; pass files or a glob such as '{path}/*.npy'")
     size = _regular_file_size(path)
+    kind = file_kind(path) if member is None else None
+    if kind is not None and opts.dtype is None and opts.shape is None:
+        return open_file(path, kind, size)
     if opts.dtype is not None:
         if member is not None:
             raise ValueError("dtype= and shape= describe raw files, not .npz members")
@@ -256,7 +270,8 @@ def _path_source(spec: str, opts: ComputeOptions):
         raise ValueError(f"{path!r} is not an .npz archive, so '::{member}' names nothing")
     if magic != NPY_MAGIC:
         raise ValueError(f"{path!r} is neither a .npy nor an .npz file; for raw binary data pass "
-                         f"dtype= and shape=")
+                         f"dtype= and shape= (NIfTI and image files are known by their suffix: "
+                         f".nii, .nii.gz, .png, .jpg, .jpeg, .tif, .tiff)")
     head = npy_header_of_file(path, repr(path), size)
     return FileArray(path, head.offset, head.dtype, head.shape, head.fortran)
 
@@ -351,8 +366,23 @@ def _zarr_source(z):
     return ChunkedArray(z.shape, dtype, lambda a, b: np.asarray(z[a:b]), z.chunks[0])
 
 
-def sources_of(data: Any, opts: ComputeOptions) -> list:
-    """FileArray / ChunkedArray / ndarray objects for ``data``."""
+class SkippedFiles(list):
+    """``(path, reason)`` of the files left out under ``on_error="skip"``, in file order
+    (``order``: each path's position in the expanded list)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: dict = {}
+
+    def add(self, path: str, reason: str) -> None:
+        self.append((path, reason))
+        self.sort(key=lambda entry: self.order.get(entry[0], len(self.order)))
+
+
+def sources_of(data: Any, opts: ComputeOptions, skipped: Optional[SkippedFiles] = None) -> list:
+    """FileArray / ChunkedArray / StreamedMember / DecodedFile / ndarray objects for ``data``.
+    Under ``on_error="skip"`` files that cannot be opened are left out and recorded in
+    ``skipped`` as ``(path, reason)``."""
     mod = type(data).__module__.split(".")[0]
     if opts.dtype is not None or opts.shape is not None:
         if not isinstance(data, (str, bytes, os.PathLike, list, tuple)):
@@ -365,10 +395,25 @@ def sources_of(data: Any, opts: ComputeOptions) -> list:
     if mod == "zarr":
         return [_zarr_source(data)]
     if isinstance(data, (str, bytes, os.PathLike, list, tuple)):
+        if opts.dtype is not None and any(os.path.isdir(os.fspath(d)) for d in
+                                          ([data] if isinstance(data, (str, bytes, os.PathLike)) else data)):
+            raise ValueError("dtype= and shape= describe raw binary files; a folder names the "
+                             "files fastmoments reads by their suffix")
         out = []
         try:
-            for p in expand_paths(data):
-                out.append(_path_source(p, opts))
+            paths = expand_paths(data, opts.recursive)
+            if skipped is not None:
+                skipped.order = {p: i for i, p in reversed(list(enumerate(paths)))}
+            for p in paths:
+                try:
+                    out.append(_path_source(p, opts))
+                except (ValueError, OSError) as exc:
+                    if opts.on_error != "skip" or skipped is None:
+                        raise
+                    skipped.add(p, str(exc))
+            if not out:
+                raise ValueError(f"every file was skipped as unreadable: {list(skipped or ())}")
+            check_same_channels(out)
         except BaseException:
             _close(out)
             raise
@@ -562,41 +607,82 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
 # ---- compute -------------------------------------------------------------------------------------
 
 def compute(data: Any, opts: ComputeOptions) -> Moments:
-    """Moments of a file, list of files, memmap, h5py dataset or zarr array (see module doc)."""
-    sources = sources_of(data, opts)
+    """Moments of a file, list of files, folder, memmap, h5py dataset or zarr array (see module
+    doc). Under ``on_error="skip"`` the result's ``skipped`` lists the files left out."""
+    skipped = SkippedFiles()
+    sources = sources_of(data, opts, skipped)
     try:
-        return _compute_sources(sources, opts)
+        result = _compute_sources(sources, opts, skipped)
     finally:
         _close(sources)
+    result.skipped = tuple(skipped)
+    return result
 
 
-def _compute_sources(sources, opts: ComputeOptions) -> Moments:
+def paths_shape(data: Any, recursive: bool = False) -> Tuple[Tuple[Optional[int], ...], int]:
+    """The shape ``compute`` reads ``data`` (a path, glob, folder or list of them) as, from the
+    files' headers (nothing decoded), and its size in bytes once decoded. Axes whose size differs
+    between files are None."""
+    sources = sources_of(data, ComputeOptions(recursive=recursive))
+    try:
+        shapes = [_logical_shape(s) for s in sources]
+        nbytes = sum(int(getattr(s, "nbytes", 0)) for s in sources)
+    finally:
+        _close(sources)
+    first = shapes[0]
+    if any(len(s) != len(first) for s in shapes) or not first:
+        return first, nbytes
+    rest = tuple(d if all(s[k] == d for s in shapes) else None for k, d in enumerate(first) if k)
+    return (sum(s[0] for s in shapes),) + rest, nbytes
+
+
+def _check_shapes(sources, shapes, kept: Optional[Tuple[int, ...]]) -> None:
+    """Files concatenate along axis 0: they must agree on the number of axes and on the size of
+    every kept axis after the first; reduced axes may differ (images of several sizes). With
+    ``kept`` None (arrays concatenated in memory) every axis after the first must agree."""
+    ndim = len(shapes[0])
+    first = shapes[0]
+    axes = range(1, ndim) if kept is None else [k for k in kept if k > 0]
+    for p, s in zip(sources, shapes):
+        if len(s) != ndim or any(s[k] != first[k] for k in axes):
+            along = "" if kept is None else f" (at least along the kept axes {tuple(axes)})"
+            raise ValueError(f"files must share their trailing shape to be concatenated along "
+                             f"axis 0{along}: {first} and {s} ({_name(p)})")
+
+
+def _compute_sources(sources, opts: ComputeOptions,
+                     skipped: Optional[SkippedFiles] = None) -> Moments:
     if len(sources) == 1 and isinstance(sources[0], np.ndarray):
         if opts.sample is not None:
             raise ValueError("sample= needs a file-backed source")
         return array_moments(sources[0], opts)
     shapes = [_logical_shape(s) for s in sources]
     ndim = len(shapes[0])
-    for p, s in zip(sources, shapes):
-        if len(s) != ndim or s[1:] != shapes[0][1:]:
-            raise ValueError(f"files must share their trailing shape to be concatenated along "
-                             f"axis 0: {shapes[0]} and {s} ({_name(p)})")
+    if any(len(s) != ndim or s[1:] != shapes[0][1:] for s in shapes):
+        # Differing sizes are fine along reduced axes of files reduced one by one.
+        in_memory = ndim == 0 or any(isinstance(s, np.ndarray) for s in sources)
+        _check_shapes(sources, shapes, None if in_memory else normalize_keep_axes(opts.axis, ndim))
     if ndim == 0 or any(isinstance(s, np.ndarray) for s in sources):
         if opts.sample is not None:
             raise ValueError("sample= needs file-backed sources")
         arr = np.concatenate([_materialize(s) for s in sources]) if ndim else _materialize(sources[0])
         return array_moments(arr, opts)
-    total_shape = (sum(s[0] for s in shapes),) + shapes[0][1:]
     kept = normalize_keep_axes(opts.axis, ndim)
-    if math.prod(total_shape) == 0:
+    if all(math.prod(s) == 0 for s in shapes):
+        total_shape = (sum(s[0] for s in shapes),) + shapes[0][1:]
         return array_moments(np.zeros(total_shape, sources[0].dtype), opts)
     floating = any(is_floating(s.dtype) for s in sources)
     fraction = None
     if opts.sample is not None:
+        decoded = [s for s in sources if isinstance(s, DecodedFile)]
+        if decoded:
+            raise ValueError(f"sample= reads rows of uncompressed arrays, not of decoded files "
+                             f"({decoded[0].path!r})")
+        total_rows = sum(s[0] for s in shapes)
         if isinstance(opts.sample, (float, np.floating)):
             fraction = float(opts.sample)
         else:
-            fraction = min(1.0, int(opts.sample) / max(1, total_shape[0]))
+            fraction = min(1.0, int(opts.sample) / max(1, total_rows))
     plans = []
     total_bytes = 0
     for i, (src, shp) in enumerate(zip(sources, shapes)):
@@ -621,43 +707,69 @@ def _compute_sources(sources, opts: ComputeOptions) -> Moments:
             ranges, nrows = [(0, cshape[0])], shp[0]
             row_axis = 0  # whole file: pieces follow the storage order
         total_bytes += nrows * row_bytes
-        plans.append((src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes, shp[0]))
-    rows_read = sum(plan[4] for plan in plans)
+        plans.append((src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes, shp))
 
-    def run(omit: bool, report=None) -> State:
-        parts = []
-        base = 0
-        for src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes, _ in plans:
-            sub = None if report is None else (lambda done, b=base: report(b + done))
-            if isinstance(src, FileArray):
-                raw = _reduce_file(src, keep_c, cshape, ranges, omit, opts, sub, row_axis)
-            elif isinstance(src, StreamedMember):
-                raw = _reduce_streamed(src, keep_c, cshape, ranges, omit, opts, sub)
-            else:
-                raw = _reduce_chunked(src, keep_c, cshape, ranges, omit, opts, sub)
-            state = State.of(raw, kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k)))
-            if fortran:
-                state = State(*(a.T.copy() for a in state))  # (ascontiguousarray makes 0-d 1-d)
-            parts.append(state)
-            base += nrows * row_bytes
+    def run(omit: bool, report=None, skipped: Optional[SkippedFiles] = None):
+        """(state, values each output would count without NaNs, rows read) of one pass."""
+        parts, expected_parts = [], []
+        rows_read = 0
+        to_decode = [p[0] for p in plans if isinstance(p[0], DecodedFile)]
+        with DecodedStates(to_decode, kept, omit, opts.threads) as decoded:
+            base = 0
+            for n_done, (src, cshape, keep_c, ranges, nrows, fortran, row_axis, row_bytes,
+                         shp) in enumerate(plans):
+                sub = None if report is None else (lambda done, b=base: report(b + done))
+                try:
+                    if isinstance(src, DecodedFile):
+                        _, state = decoded.next()
+                    else:
+                        if isinstance(src, FileArray):
+                            raw = _reduce_file(src, keep_c, cshape, ranges, omit, opts, sub, row_axis)
+                        elif isinstance(src, StreamedMember):
+                            raw = _reduce_streamed(src, keep_c, cshape, ranges, omit, opts, sub)
+                        else:
+                            raw = _reduce_chunked(src, keep_c, cshape, ranges, omit, opts, sub)
+                        state = State.of(raw, kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k)))
+                        if fortran:
+                            state = State(*(a.T.copy() for a in state))  # (ascontiguousarray makes 0-d 1-d)
+                except (ValueError, OSError) as exc:
+                    if opts.on_error != "skip":
+                        raise
+                    if skipped is not None:
+                        skipped.add(_name(src), str(exc))
+                    state = None
+                base += nrows * row_bytes
+                if report is not None:
+                    report(base, files=n_done + 1)
+                if state is None:
+                    continue
+                parts.append(state)
+                rows_read += nrows
+                per_row = math.prod(shp[k] for k in range(1, ndim) if k not in kept)
+                expected_parts.append(per_row if 0 in kept else per_row * nrows)
+        if not parts:
+            raise ValueError(f"every file was skipped as unreadable: {list(skipped or ())}")
         # One state per source, concatenated (axis 0 kept) or merged in source order.
         if 0 in kept:
-            return State(*(np.concatenate([p[k] for p in parts], axis=0) for k in range(4)))
-        total = parts[0]
-        for p in parts[1:]:
-            total = total.merge(p)
-        return total
+            total = State(*(np.concatenate([p[k] for p in parts], axis=0) for k in range(4)))
+            expected: Any = np.concatenate([np.full(p.shape, e, np.int64)
+                                            for p, e in zip(parts, expected_parts)])
+        else:
+            total = parts[0]
+            for p in parts[1:]:
+                total = total.merge(p)
+            expected = sum(expected_parts)
+        return total, expected, rows_read
 
     # A compressed member is decompressed once: "raise" then omits NaNs in its single pass.
     can_rerun = not any(isinstance(src, StreamedMember) for src in sources)
-    with progress_reporter(opts.progress, total_bytes) as report:
-        total = run(kernel_omits(opts.nan_policy, floating, can_rerun), report)
-    # Values each output would count without NaNs (rows read along the data's axis 0).
-    per_row = math.prod(shapes[0][k] for k in range(1, ndim) if k not in kept)
-    expected = per_row if 0 in kept else per_row * rows_read
-    sample = None if fraction is None else rows_read / max(1, sum(p[-1] for p in plans))
+    with progress_reporter(opts.progress, total_bytes, files=len(plans)) as report:
+        total, expected, rows_read = run(kernel_omits(opts.nan_policy, floating, can_rerun), report,
+                                         skipped)
+    sample = None if fraction is None else rows_read / max(1, sum(p[-1][0] for p in plans))
     return finish(total, nan_policy=opts.nan_policy, floating=floating, expected=expected,
-                  ddof=opts.ddof, sample=sample, rerun=run if can_rerun else None)
+                  ddof=opts.ddof, sample=sample,
+                  rerun=(lambda omit: run(omit)[0]) if can_rerun else None)
 
 
 def _logical_shape(src) -> Tuple[int, ...]:

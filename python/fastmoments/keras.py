@@ -28,7 +28,7 @@ from ._batchnorm import BatchNormRecalibration, LayerRecalibration, recalibrate_
 from ._checks import check_nan_policy
 from ._compute import compute
 from ._moments import Moments
-from ._npyfile import load_npy
+from ._stream import paths_shape
 from ._routes import is_dask_collection
 
 __all__ = ["FastNorm", "FastNormWarning", "AUTO_PROGRESS_BYTES", "AUTO_PROGRESS_BATCHES",
@@ -321,9 +321,7 @@ def _source(data: Any, batch_size: Optional[int], steps: Optional[int],
     if isinstance(data, np.ndarray):
         return _ArraySource(data, data.shape, data.nbytes)
     if isinstance(data, (str, os.PathLike)):
-        header = load_npy(data)  # a memory map: reads the header only
-        shape, nbytes = header.shape, header.nbytes
-        del header
+        shape, nbytes = paths_shape(data)  # .npy, NIfTI, images, folders: headers only
         return _ArraySource(os.fspath(data), shape, nbytes)
     if is_dask_collection(data):
         shape = tuple(None if d != d else int(d) for d in data.shape)  # NaN: unknown chunks
@@ -365,7 +363,8 @@ class FastNorm(keras.layers.Normalization):
         ----------
         data : array_like, np.memmap, path, tf.Tensor, tf.data.Dataset, PyDataset, iterable
             * NumPy arrays (any dtype the kernel reads, any strides) and memory maps, read in
-              place on all cores; the path of a ``.npy`` file (memory-mapped, never loaded);
+              place on all cores; the path of a ``.npy`` file (memory-mapped, never loaded),
+              of a NIfTI volume or image, a glob or a folder (as in :func:`fastmoments.compute`);
               dask arrays; backend tensors (``tf.Tensor``, JAX, torch), viewed as NumPy.
             * ``tf.data.Dataset`` of ``x``, ``(x, y)`` or ``(x, y, w)`` elements, batched or
               not (statistics of ``x``), reduced in graph mode by
