@@ -18,11 +18,10 @@ so the model's variables are not touched until every pass has finished.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
