@@ -13,7 +13,7 @@ _States = Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.f
 """``(count, mean, m2, mean_lo)``: mean_lo is the rounding residual of mean."""
 
 supported_isas: List[str]
-"""Compiled instruction-set variants this CPU can run, best first (e.g. ``["avx2", "baseline"]``)."""
+"""Compiled instruction-set variants this CPU can run, best first (e.g. ``["avx512", "avx2", "baseline"]``)."""
 
 selected_isa: str
 """The variant chosen at import (``FASTMOMENTS_ISA`` or the best supported one)."""
