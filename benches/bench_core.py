@@ -220,7 +220,7 @@ def main():
                     below.append(f"{name} {isa} threads={t}: {ratio:.2f} < {bar:.2f}")
                 row += (f" | {gb / best[('read', t)]:6.2f} {gb / best[(isa, t)]:6.2f} {ratio:7.2f}"
                         f" {bar:4.2f}{'*' if ratio < bar else ' '}")
-            print(row[:-1] + f"  | {bits}{err}", flush=True)
+            print(row + f" | {bits}{err}", flush=True)
         if args.peers:
             peer_line(x, axis, gb, best[(isas[0], counts[-1])])
         del x, raw
