@@ -40,7 +40,7 @@ FLOAT_DTYPES = [np.dtype(t) for t in ("float16", "float32", "float64")] + (
     [BFLOAT16] if BFLOAT16 is not None else [])
 ALL_DTYPES = [np.dtype(bool)] + INT_DTYPES + FLOAT_DTYPES
 
-ISAS = ("baseline", "avx2")
+ISAS = ("baseline", "avx2", "avx512")
 
 
 def pytest_configure(config):

@@ -19,26 +19,9 @@ namespace fastmoments::python {
 
 namespace py = pybind11;
 
-// The variant named `name` ("" or "auto": $FASTMOMENTS_ISA, else the best supported one).
-inline const isa::Variant& pick_variant(std::string name) {
-    if (name.empty()) {
-        const char* env = std::getenv("FASTMOMENTS_ISA");
-        name = env ? env : "";
-    }
-    const auto& vs = isa::variants();
-    if (name.empty() || name == "auto") {
-        for (const auto& v : vs)
-            if (v.supported()) return v;
-        return vs.back();
-    }
-    for (const auto& v : vs)
-        if (name == v.name) {
-            if (!v.supported())
-                throw py::value_error("instruction set '" + name + "' is not supported by this CPU");
-            return v;
-        }
-    throw py::value_error("unknown instruction set '" + name + "'");
-}
+// The variant named `name` (csrc/dispatch owns the rule; its std::invalid_argument reaches
+// Python as ValueError).
+inline const isa::Variant& pick_variant(const std::string& name) { return isa::pick_variant(name); }
 
 // Called by one kernel thread with the GIL released: takes the GIL back, checks for signals and
 // calls the user's progress callback. An exception there cancels the computation (returns false)

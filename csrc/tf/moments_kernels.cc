@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,22 +30,6 @@ namespace fastmoments::tf_ops {
 namespace tf = ::tensorflow;
 
 namespace {
-
-// The kernel variant for this CPU: FASTMOMENTS_ISA (as for _core) if it names a supported one,
-// else the best supported.
-const isa::Variant& selected_variant() {
-    static const isa::Variant& chosen = []() -> const isa::Variant& {
-        const auto& vs = isa::variants();
-        const char* env = std::getenv("FASTMOMENTS_ISA");
-        if (env && *env && std::string(env) != "auto")
-            for (const auto& v : vs)
-                if (std::string(env) == v.name && v.supported()) return v;
-        for (const auto& v : vs)
-            if (v.supported()) return v;
-        return vs.back();
-    }();
-    return chosen;
-}
 
 // TF's element types -> the core's. TF's half and bfloat16 are IEEE binary16 and the upper half of
 // a binary32, the layouts DType::Float16 and DType::BFloat16 read.
@@ -122,8 +108,21 @@ public:
         opt.nan_policy = nan_omit_ ? NanPolicy::Omit : NanPolicy::Propagate;
         opt.threads = threads_ > 0 ? threads_ : intra_op_threads(ctx);
         std::vector<MomentState> states(static_cast<size_t>(nout));
-        const Status status = selected_variant().reduce(x.tensor_data().data(), dtype, ndim, shape.data(),
-                                                        strides.data(), keep_flags.get(), states.data(), opt);
+        const isa::Variant* variant = nullptr;
+        try {  // csrc/dispatch: the same FASTMOMENTS_ISA rule and error as the Python bindings
+            variant = &isa::pick_variant("");
+        } catch (const std::invalid_argument& e) {
+            ctx->CtxFailure(tf::errors::InvalidArgument(e.what()));
+            return;
+        }
+        Status status;
+        try {  // the kernel allocates its buffers before its threads start: bad_alloc arrives here
+            status = variant->reduce(x.tensor_data().data(), dtype, ndim, shape.data(), strides.data(),
+                                     keep_flags.get(), states.data(), opt);
+        } catch (const std::bad_alloc&) {
+            ctx->CtxFailure(tf::errors::ResourceExhausted("fastmoments: out of memory"));
+            return;
+        }
         OP_REQUIRES(ctx, status == Status::Ok, tf::errors::Cancelled("fastmoments reduction cancelled"));
         for (int64_t i = 0; i < nout; ++i) out.set(i, states[i]);
     }

@@ -16,7 +16,7 @@ dtypes: Tuple[Tuple[str, int, int, str], ...]
 """The kernel's dtype table: ``(name, code, itemsize, kind)`` per type, kind a NumPy kind letter."""
 
 supported_isas: List[str]
-"""Compiled instruction-set variants this CPU can run, best first (e.g. ``["avx2", "baseline"]``)."""
+"""Compiled instruction-set variants this CPU can run, best first (e.g. ``["avx512", "avx2", "baseline"]``)."""
 
 selected_isa: str
 """The variant chosen at import (``FASTMOMENTS_ISA`` or the best supported one)."""

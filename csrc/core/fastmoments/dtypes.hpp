@@ -81,6 +81,14 @@ FM_HOST_DEVICE inline float bfloat16_to_float(uint16_t h) {
     return bits_to_float(static_cast<uint32_t>(h) << 16);
 }
 
+// A T at any address (strided or unaligned storage).
+template <class T>
+inline T load_at(const char* p) {
+    T v;
+    std::memcpy(&v, p, sizeof(T));
+    return v;
+}
+
 }  // namespace FM_ISA_NAMESPACE
 
 // Maps a storage type to the kernel family and to its widened value.

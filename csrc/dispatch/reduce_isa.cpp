@@ -16,7 +16,7 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
-#if defined(FM_ISA_AVX2)
+#if defined(FM_ISA_AVX2) || defined(FM_ISA_AVX512)
 #include <immintrin.h>  // before the target pragma, like the standard headers
 #endif
 

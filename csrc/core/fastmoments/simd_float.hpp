@@ -1,0 +1,117 @@
+// Vectors of doubles for the float chunk kernels: `Vd` holds kWidth doubles (1 in the portable
+// variant, 4 with AVX2, 8 with AVX-512) and loads kWidth stored values of any float type (float,
+// double, IEEE half via F16C, bfloat16) widened to double in one or two instructions. The kernels
+// written with it do the same operations in the same order per value as the portable code, so
+// every variant gives the same bits (the core is compiled with -ffp-contract=off).
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "config.hpp"
+#include "dtypes.hpp"
+#if defined(FM_SIMD_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace fastmoments {
+inline namespace FM_ISA_NAMESPACE {
+namespace simd {
+
+struct V1 {  // one double: the portable variant, lane tails and strided data
+    static constexpr int kWidth = 1;
+    double v;
+    static V1 zero() { return {0.0}; }
+    static V1 set1(double x) { return {x}; }
+    static V1 loadu(const double* p) { return {*p}; }
+    void storeu(double* p) const { *p = v; }
+    template <class T>
+    static V1 load(const char* p) {
+        return {static_cast<double>(element_traits<T>::load(load_at<T>(p)))};
+    }
+    static void drop_nan(V1& d, V1& count) {
+        const bool keep = d.v == d.v;
+        d.v = keep ? d.v : 0.0;
+        count.v += keep ? 1.0 : 0.0;
+    }
+};
+// Outside the class: GCC does not apply the target pragma to in-class friend definitions.
+inline V1 operator+(V1 a, V1 b) { return {a.v + b.v}; }
+inline V1 operator-(V1 a, V1 b) { return {a.v - b.v}; }
+inline V1 operator*(V1 a, V1 b) { return {a.v * b.v}; }
+
+#if defined(FM_SIMD_AVX512)
+struct V8 {
+    static constexpr int kWidth = 8;
+    __m512d v;
+    static V8 zero() { return {_mm512_setzero_pd()}; }
+    static V8 set1(double x) { return {_mm512_set1_pd(x)}; }
+    static V8 loadu(const double* p) { return {_mm512_loadu_pd(p)}; }
+    void storeu(double* p) const { _mm512_storeu_pd(p, v); }
+    // kWidth consecutive values of T at p, as doubles.
+    template <class T>
+    static V8 load(const char* p) {
+        if constexpr (std::is_same_v<T, float>) {
+            return {_mm512_cvtps_pd(_mm256_loadu_ps(reinterpret_cast<const float*>(p)))};
+        } else if constexpr (std::is_same_v<T, double>) {
+            return {_mm512_loadu_pd(reinterpret_cast<const double*>(p))};
+        } else if constexpr (std::is_same_v<T, half_bits>) {
+            return {_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
+        } else {
+            static_assert(std::is_same_v<T, bfloat16_bits>);
+            const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+            return {_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)))};
+        }
+    }
+    // NaN lanes of d become 0 and the others add 1 to `count` (nan_policy='omit').
+    static void drop_nan(V8& d, V8& count) {
+        const __mmask8 keep = _mm512_cmp_pd_mask(d.v, d.v, _CMP_ORD_Q);
+        d.v = _mm512_maskz_mov_pd(keep, d.v);
+        count.v = _mm512_mask_add_pd(count.v, keep, count.v, _mm512_set1_pd(1.0));
+    }
+};
+// Outside the class: GCC does not apply the target pragma to in-class friend definitions.
+inline V8 operator+(V8 a, V8 b) { return {_mm512_add_pd(a.v, b.v)}; }
+inline V8 operator-(V8 a, V8 b) { return {_mm512_sub_pd(a.v, b.v)}; }
+inline V8 operator*(V8 a, V8 b) { return {_mm512_mul_pd(a.v, b.v)}; }
+using Vd = V8;  // the widest vector of this variant
+#elif defined(FM_SIMD_AVX2)
+struct V4 {
+    static constexpr int kWidth = 4;
+    __m256d v;
+    static V4 zero() { return {_mm256_setzero_pd()}; }
+    static V4 set1(double x) { return {_mm256_set1_pd(x)}; }
+    static V4 loadu(const double* p) { return {_mm256_loadu_pd(p)}; }
+    void storeu(double* p) const { _mm256_storeu_pd(p, v); }
+    template <class T>
+    static V4 load(const char* p) {
+        if constexpr (std::is_same_v<T, float>) {
+            return {_mm256_cvtps_pd(_mm_loadu_ps(reinterpret_cast<const float*>(p)))};
+        } else if constexpr (std::is_same_v<T, double>) {
+            return {_mm256_loadu_pd(reinterpret_cast<const double*>(p))};
+        } else if constexpr (std::is_same_v<T, half_bits>) {
+            return {_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+        } else {
+            static_assert(std::is_same_v<T, bfloat16_bits>);
+            const __m128i w = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+            return {_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(w, 16)))};
+        }
+    }
+    static void drop_nan(V4& d, V4& count) {
+        const __m256d keep = _mm256_cmp_pd(d.v, d.v, _CMP_ORD_Q);
+        d.v = _mm256_and_pd(d.v, keep);
+        count.v = _mm256_add_pd(count.v, _mm256_and_pd(keep, _mm256_set1_pd(1.0)));
+    }
+};
+// Outside the class: GCC does not apply the target pragma to in-class friend definitions.
+inline V4 operator+(V4 a, V4 b) { return {_mm256_add_pd(a.v, b.v)}; }
+inline V4 operator-(V4 a, V4 b) { return {_mm256_sub_pd(a.v, b.v)}; }
+inline V4 operator*(V4 a, V4 b) { return {_mm256_mul_pd(a.v, b.v)}; }
+using Vd = V4;
+#else
+using Vd = V1;
+#endif
+
+}  // namespace simd
+}  // namespace FM_ISA_NAMESPACE
+}  // namespace fastmoments
