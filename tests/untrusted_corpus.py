@@ -230,6 +230,7 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
                                      "'fortran_order': False, 'shape': (8, 3)}", f4.tobytes()))
     add("header_huge_int.npy", npy_bytes(hdr("<f4", "(" + "9" * 5000 + ",)"), f4.tobytes()))
     add("header_nested.npy", npy_bytes(hdr("<f4", "(" * 200 + ")" * 200), f4.tobytes()))
+    add("header_deep_nesting.npy", npy_bytes(hdr("<f4", "(" * 2000), f4.tobytes()))
 
     # -- dtypes fastmoments does not read (TypeError naming the file) or NumPy refuses
     obj = pickle.dumps(np.array([_Payload(MARKER)], dtype=object), protocol=2)
@@ -262,6 +263,7 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
             member="arr_0", rows=(1,))
         add(f"npz_{tag}_neg_dim.npz", mk(npy_bytes(hdr("<f4", (-1, 4)), bytes(16))), member="arr_0", rows=(2,))
         add(f"npz_{tag}_dim_2p63.npz", mk(npy_bytes(hdr("|u1", (2**63,)), bytes(8))), member="arr_0", rows=(2,))
+        add(f"npz_{tag}_huge_rows.npz", mk(npy_bytes(hdr("<f8", (2**40, 3)), bytes(24))), member="arr_0")
         add(f"npz_{tag}_truncated.npz", mk(npy_bytes(hdr("<f4", (100, 3)), f4.tobytes())), member="arr_0")
         add(f"npz_{tag}_not_npy.npz", mk(b"just some text, not an array"), member="arr_0")
         add(f"npz_{tag}_object.npz", mk(npy_bytes(hdr("|O", (1,)), obj)), member="arr_0")
@@ -275,6 +277,10 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
     add("npz_two_members_unnamed.npz", zip_bytes([Member("a.npy", valid_npy(f4)),
                                                   Member("b.npy", valid_npy(u1), 8)]), expect="error")
     add("npz_empty.npz", zip_bytes([]), expect="error")
+    bad_cd = bytearray(zip_bytes([Member("arr_0.npy", valid_npy(f4), 8)]))
+    bad_cd[-6:-2] = struct.pack("<I", 0xFFFF0000)  # central directory offset past EOF
+    add("npz_bad_central_offset.npz", bytes(bad_cd), member="arr_0")
+    add("npz_empty_member_name.npz", zip_bytes([Member("", valid_npy(f4))]), expect="error")
     add("npz_truncated_archive.npz", zip_bytes([Member("arr_0.npy", valid_npy(f4))])[:100])
     add("npz_missing_member.npz", zip_bytes([Member("arr_0.npy", valid_npy(f4))]), path_suffix="::nope",
         expect="error")

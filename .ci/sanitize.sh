@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# CI: the file and kernel tests against a build of _core with AddressSanitizer and
+# UndefinedBehaviorSanitizer (issue 17). Own virtualenv (.venv-asan) and build folder
+# (build/asan); the TF op and CUDA are not built. Python itself is not instrumented: libasan is
+# preloaded so it comes first, leak checking is off (the interpreter's own allocations would
+# drown it), and any ASan/UBSan report aborts the process, so the test (or the corpus child)
+# that triggered it fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+rm -rf .venv-asan build/asan
+python3 -m venv .venv-asan
+.venv-asan/bin/pip install -q numpy pybind11 scikit-build-core cmake ninja
+.venv-asan/bin/pip install -q --no-build-isolation -C build-dir=build/asan \
+  -C cmake.build-type=RelWithDebInfo -C cmake.define.FASTMOMENTS_SANITIZE=ON \
+  -C cmake.define.FASTMOMENTS_CUDA=OFF -C cmake.define.FM_WITH_TF=OFF ".[test]"
+built=$(date +%s)
+libasan=$(${CXX:-g++} -print-file-name=libasan.so)
+if [ ! -e "$libasan" ]; then
+  echo "sanitize.sh: libasan.so not found (gcc's libasan is needed)" >&2
+  exit 1
+fi
+# ASAN: no leak check (CPython), abort on the first report, keep going past a
+# fault in a child (the corpus test judges it). UBSAN: abort with a stack trace.
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_return_null=1:handle_segv=1:strict_init_order=1:detect_stack_use_after_return=0"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1"
+# Slower doors under ASan: more time before a door counts as a hang.
+export FASTMOMENTS_UNTRUSTED_TIMEOUT=${FASTMOMENTS_UNTRUSTED_TIMEOUT:-20}
+LD_PRELOAD="$libasan" .venv-asan/bin/python -c "import fastmoments, fastmoments._core as c; print('sanitized _core:', c.__file__)"
+LD_PRELOAD="$libasan" .venv-asan/bin/python -m pytest -q -p no:cacheprovider \
+  tests/test_stream.py tests/test_compute.py tests/test_bad_input.py tests/test_untrusted.py "$@"
+end=$(date +%s)
+echo "sanitize.sh: build $((built - start)) s, tests $((end - built)) s, total $((end - start)) s"
