@@ -62,7 +62,7 @@ def valid_npy(arr: np.ndarray, version: Tuple[int, int] = (1, 0)) -> bytes:
 
 @dataclass
 class Member:
-    name: str
+    name: Any                 # str, or bytes written as they are
     payload: bytes            # the member's uncompressed bytes
     method: int = 0           # 0 stored, 8 deflated, 12 bzip2, 14 lzma (only 0/8 built here)
     flags: int = 0
@@ -85,7 +85,7 @@ def zip_bytes(members: Sequence[Member]) -> bytes:
             raise ValueError(m.method)
         crc = zlib.crc32(m.payload) if m.crc is None else m.crc
         size = len(m.payload) if m.size is None else m.size
-        name = m.name.encode()
+        name = m.name if isinstance(m.name, bytes) else m.name.encode()
         offset = len(out)
         out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, m.flags, m.method, 0, 0x21,
                            crc, len(comp), size, len(name), 0) + name + comp
@@ -281,6 +281,8 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
     bad_cd[-6:-2] = struct.pack("<I", 0xFFFF0000)  # central directory offset past EOF
     add("npz_bad_central_offset.npz", bytes(bad_cd), member="arr_0")
     add("npz_empty_member_name.npz", zip_bytes([Member("", valid_npy(f4))]), expect="error")
+    add("npz_member_name_not_utf8.npz", zip_bytes([Member(b"\x9e\x8d.npy", valid_npy(f4), flags=0x800)]),
+        expect="error")
     add("npz_truncated_archive.npz", zip_bytes([Member("arr_0.npy", valid_npy(f4))])[:100])
     add("npz_missing_member.npz", zip_bytes([Member("arr_0.npy", valid_npy(f4))]), path_suffix="::nope",
         expect="error")
@@ -323,6 +325,21 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
     return out
 
 
+def _write(file: str, fname: str, content) -> None:
+    if isinstance(content, bytes):
+        Path(file).write_bytes(content)
+    elif content == "FIFO":
+        if not os.path.exists(file):
+            os.mkfifo(file)
+    elif content == "DIR":
+        os.makedirs(file, exist_ok=True)
+    elif content == "LOOP":
+        if not os.path.lexists(file):
+            os.symlink(fname, file)  # a link to itself
+    elif content != "MISSING":
+        raise ValueError(content)
+
+
 def build_corpus(directory, write: bool = True) -> List[Case]:
     """Writes every corpus file under ``directory`` (unless ``write`` is false); returns the cases."""
     d = Path(directory)
@@ -332,27 +349,10 @@ def build_corpus(directory, write: bool = True) -> List[Case]:
     for fname, content, kw in _cases():
         suffix = kw.pop("path_suffix", "")
         file = str(d / fname)
-        if not write:
-            if isinstance(content, str) and content.startswith("/"):
-                file = content
-        elif callable(content):
-            content = content()
-        if not write:
-            pass
-        elif isinstance(content, bytes):
-            Path(file).write_bytes(content)
-        elif content == "FIFO":
-            if not os.path.exists(file):
-                os.mkfifo(file)
-        elif content == "DIR":
-            os.makedirs(file, exist_ok=True)
-        elif content == "LOOP":
-            if not os.path.lexists(file):
-                os.symlink(fname, file)
-        elif content == "MISSING":
-            pass
-        else:  # a system path
-            file = content
+        if isinstance(content, str) and content.startswith("/"):
+            file = content  # a system path (/proc, /dev)
+        elif write:
+            _write(file, fname, content() if callable(content) else content)
         case = Case(name=fname, path=file + suffix, file=file, **kw)
         if case.expect == "error":  # NumPy's loaders would block or read forever on these
             case.doors = tuple(x for x in case.doors if x != "numpy")
