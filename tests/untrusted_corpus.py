@@ -280,6 +280,10 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
     bad_cd = bytearray(zip_bytes([Member("arr_0.npy", valid_npy(f4), 8)]))
     bad_cd[-6:-2] = struct.pack("<I", 0xFFFF0000)  # central directory offset past EOF
     add("npz_bad_central_offset.npz", bytes(bad_cd), member="arr_0")
+    shifted = bytearray(zip_bytes([Member("arr_0.npy", valid_npy(f4))]))
+    cd_at = struct.unpack("<I", shifted[-6:-2])[0]
+    shifted[-6:-2] = struct.pack("<I", cd_at + 100)  # members appear to start 100 bytes early
+    add("npz_stored_negative_offset.npz", bytes(shifted), member="arr_0")
     add("npz_empty_member_name.npz", zip_bytes([Member("", valid_npy(f4))]), expect="error")
     add("npz_member_name_not_utf8.npz", zip_bytes([Member(b"\x9e\x8d.npy", valid_npy(f4), flags=0x800)]),
         expect="error")
@@ -310,6 +314,8 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
     add("raw_two_minus_one.bin", raw, kwargs={"dtype": "<f4", "shape": [-1, -1]}, name_required=False)
     add("raw_zero_row.bin", raw, kwargs={"dtype": "<f4", "shape": [-1, 0]})
     add("raw_empty_file.bin", b"", kwargs={"dtype": "<f4", "shape": [-1, 3]})
+    add("raw_empty_bigendian.bin", b"", kwargs={"dtype": ">f4"}, rows=(8,))
+    add("empty_bigendian.npy", valid_npy(np.zeros((0,), ">f4")), rows=(8,))
     add("raw_object_dtype.bin", raw, kwargs={"dtype": "O"}, name_required=False)
     add("raw_complex_dtype.bin", raw, kwargs={"dtype": "<c8"}, name_required=False)
 
