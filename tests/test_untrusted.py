@@ -53,11 +53,11 @@ _ROW14 = ROW(14) + "FIFO blocks in open(); /proc and device files give an empty 
 _ZIP = NEW + "zipfile.BadZipFile (not a ValueError naming the file) escapes a deflated member"
 _CRC = NEW + "a stored member with a wrong CRC-32 is read unchecked (NumPy refuses it)"
 _DTYPE = NEW + "an unsupported dtype in a file raises a TypeError that does not name the file"
-_HUGE = NEW + ("a deflated member whose header promises far more rows than it holds: all blocks "
-               "are planned up front (a hang)")
+_HUGE = NEW + ("a deflated member whose header promises 2^50 rows in 24 bytes: all blocks are "
+               "planned up front (memory without bound, then a hang)")
 _ARCHIVE = NEW + "a bad central-directory offset: zipfile's OSError (EINVAL) does not name the file"
-_NESTED = NEW + ("a header nested 2000 deep: MemoryError from NumPy's ast.literal_eval escapes "
-                 "(fastmoments catches ValueError/SyntaxError only)")
+_NESTED = NEW + ("a starred header expression 200 deep: MemoryError from NumPy's ast.literal_eval "
+                 "escapes (fastmoments catches ValueError/SyntaxError only)")
 _NONAME = NEW + "a member with an empty name: IndexError from ZipInfo.is_dir escapes"
 _TOKEN = NEW + "the CLI's header description lets tokenize.TokenError escape (traceback)"
 KNOWN_FAILURES: Dict[Tuple[str, str], str] = {
@@ -83,6 +83,7 @@ KNOWN_FAILURES: Dict[Tuple[str, str], str] = {
     ("npz_stored_bad_crc.npz", "*"): _CRC,
     **{(f"{c}.npy", "*"): _DTYPE for c in ("complex", "datetime", "unicode", "void", "longdouble")},
     ("header_not_python.npy", "cli"): _TOKEN,
+    ("header_unclosed_nesting.npy", "cli"): _TOKEN,
     ("npz_deflated_huge_rows.npz", "*"): _HUGE,
     ("npz_bad_central_offset.npz", "*"): _ARCHIVE,
     ("npz_stored_negative_offset.npz", "*"): NEW + ("a stored member whose offset resolves below 0: "
@@ -90,7 +91,7 @@ KNOWN_FAILURES: Dict[Tuple[str, str], str] = {
     ("npz_empty_member_name.npz", "*"): _NONAME,
     ("npz_member_name_not_utf8.npz", "*"): NEW + ("a member name flagged UTF-8 that is not: zipfile's "
                                                   "UnicodeDecodeError does not name the file"),
-    **{("header_deep_nesting.npy", d): _NESTED for d in ("axis_m1", "axis_none", "accumulator", "sample")},
+    ("header_deep_nesting.npy", "*"): _NESTED,
 }
 
 
@@ -134,6 +135,8 @@ def _run_jobs(jobs: List[Tuple[Dict[str, Any], str]], cwd: str) -> List[Dict[str
         proc.stdin.write(json.dumps(jobs[first:]))
         proc.stdin.close()
         hung = _follow(proc, lines, errs, jobs, first, results)
+        if len(results) == first:  # no progress at all: do not loop
+            raise RuntimeError("the corpus child made no progress: " + "".join(errs)[-3000:])
         proc.wait()
         for t in readers:
             t.join(10)
@@ -163,9 +166,7 @@ def _follow(proc, lines, errs, jobs, first, results) -> bool:
                 how = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
                 results.append({"died": f"the child was {how} during this door; stderr: "
                                         + "".join(errs)[-3000:]})
-            elif len(results) < len(jobs):
-                raise RuntimeError("the corpus child exited early: " + "".join(errs)[-3000:])
-            return False
+            return False  # after a job the child ended itself (RSS guard): the rest run anew
         if line:
             try:
                 msg = json.loads(line)

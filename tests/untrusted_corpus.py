@@ -30,6 +30,8 @@ import numpy as np
 DOORS = ("numpy", "axis_m1", "axis_none", "accumulator", "sample", "cli")
 # Peak RSS a door may add on a compressed member, whatever its uncompressed size (issue 17 row 3).
 BOMB_RSS_LIMIT = 64 << 20
+# The child ends itself past this RSS (every file is small; the bombs inflate to 192 MiB).
+CHILD_RSS_LIMIT = 1536 << 20
 MARKER = "PWNED"  # a pickle payload in the corpus would create this directory if unpickled
 
 
@@ -230,7 +232,10 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
                                      "'fortran_order': False, 'shape': (8, 3)}", f4.tobytes()))
     add("header_huge_int.npy", npy_bytes(hdr("<f4", "(" + "9" * 5000 + ",)"), f4.tobytes()))
     add("header_nested.npy", npy_bytes(hdr("<f4", "(" * 200 + ")" * 200), f4.tobytes()))
-    add("header_deep_nesting.npy", npy_bytes(hdr("<f4", "(" * 2000), f4.tobytes()))
+    add("header_unclosed_nesting.npy", npy_bytes(hdr("<f4", "(" * 2000), f4.tobytes()))
+    # found by the fuzzer: a starred expression 200 deep makes Python's parser raise MemoryError
+    add("header_deep_nesting.npy", npy_bytes(hdr("<f4", "(" * 95 + "*" + "(" * 104 + ")" * 200),
+                                             f4.tobytes()))
 
     # -- dtypes fastmoments does not read (TypeError naming the file) or NumPy refuses
     obj = pickle.dumps(np.array([_Payload(MARKER)], dtype=object), protocol=2)
@@ -263,7 +268,7 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
             member="arr_0", rows=(1,))
         add(f"npz_{tag}_neg_dim.npz", mk(npy_bytes(hdr("<f4", (-1, 4)), bytes(16))), member="arr_0", rows=(2,))
         add(f"npz_{tag}_dim_2p63.npz", mk(npy_bytes(hdr("|u1", (2**63,)), bytes(8))), member="arr_0", rows=(2,))
-        add(f"npz_{tag}_huge_rows.npz", mk(npy_bytes(hdr("<f8", (2**40, 3)), bytes(24))), member="arr_0")
+        add(f"npz_{tag}_huge_rows.npz", mk(npy_bytes(hdr("<f8", (2**50, 3)), bytes(24))), member="arr_0")
         add(f"npz_{tag}_truncated.npz", mk(npy_bytes(hdr("<f4", (100, 3)), f4.tobytes())), member="arr_0")
         add(f"npz_{tag}_not_npy.npz", mk(b"just some text, not an array"), member="arr_0")
         add(f"npz_{tag}_object.npz", mk(npy_bytes(hdr("|O", (1,)), obj)), member="arr_0")
@@ -491,13 +496,38 @@ def _run_door(door: str, spec) -> Dict[str, Any]:
     return {"ok": _summary(r.count, r.mean, r.variance)}
 
 
+def _rss_guard(current: List[int]) -> None:
+    """Ends the child (after reporting the job) when its RSS passes CHILD_RSS_LIMIT: a door that
+    allocates without bound on these small files fails at once instead of exhausting the machine."""
+    import threading
+    import time
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def watch():
+        while True:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * page
+            if rss > CHILD_RSS_LIMIT:
+                msg = {"job": current[0], "died": f"RSS passed {CHILD_RSS_LIMIT >> 20} MiB "
+                                                  f"({rss >> 20} MiB): memory not bounded"}
+                os.write(1, (json.dumps(msg) + "\n").encode())
+                os._exit(3)
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def child_main() -> None:
     """Reads ``[[spec, door], ...]`` as JSON from stdin; one JSON line per job on stdout."""
     jobs = json.loads(sys.stdin.read())
     import fastmoments  # noqa: F401  (import time is not a door's time)
 
+    current = [0]
+    _rss_guard(current)
     print(json.dumps({"ready": True}), flush=True)
     for index, (spec, door) in enumerate(jobs):
+        current[0] = index
         print(json.dumps({"job": index, "start": True}), flush=True)
         base = _peak_reset()
         try:
