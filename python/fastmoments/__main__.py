@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -151,6 +152,8 @@ def _npy_header(path: str):
     from ._npyfile import read_npy_header
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # a FIFO or device: opening it could block; the computation says why
         with open(path, "rb") as f:
             return read_npy_header(f, repr(path))
     except (OSError, ValueError, TypeError):

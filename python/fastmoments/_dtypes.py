@@ -59,4 +59,7 @@ def check_plain_dtype(dtype: np.dtype, where: str) -> None:
     """``TypeError`` naming ``where`` unless ``dtype`` is a plain dtype the kernel reads."""
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise TypeError(f"{where} holds dtype {dtype!r}; fastmoments reads plain numeric dtypes")
-    kernel_dtype(dtype)
+    try:
+        kernel_dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{where}: {exc}") from None

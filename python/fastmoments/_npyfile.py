@@ -24,6 +24,9 @@ from ._dtypes import check_plain_dtype
 # The most bytes an array may span: what NumPy can address (np.empty rejects larger shapes).
 MAX_NBYTES = int(np.iinfo(np.intp).max)
 
+# Deflate's largest expansion (258-byte matches at 2 bits each): 1032 bytes out per byte in.
+MAX_INFLATE_RATIO = 1032
+
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
@@ -101,7 +104,7 @@ def npy_header_of_file(path: str, where: str, file_size: int) -> NpyHeader:
 
 def npz_member(zf: zipfile.ZipFile, path: str, member: Any) -> zipfile.ZipInfo:
     """The archive entry ``member`` names (``None``: the only one), or a ``ValueError``."""
-    names = [i.filename for i in zf.infolist() if not i.is_dir()]
+    names = [i.filename for i in zf.infolist() if not i.filename.endswith("/")]
     if member is None:
         if len(names) != 1:
             raise ValueError(f"{path!r} holds {len(names)} arrays {names}; name one as "
@@ -116,6 +119,13 @@ def npz_member(zf: zipfile.ZipFile, path: str, member: Any) -> zipfile.ZipInfo:
             raise ValueError(f"{path!r} has no member {member!r}; it holds {names}")
     if info.flag_bits & 0x1:
         raise ValueError(f"member {info.filename!r} of {path!r} is encrypted")
+    if not info.filename:
+        raise ValueError(f"{path!r} holds a member with an empty name: not an .npz archive")
+    # Deflate expands at most 1032:1: a member claiming more holds no such data (a zip bomb's
+    # header or a lie), and would otherwise be planned piece by piece for nothing.
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_INFLATE_RATIO * info.compress_size + 4096:
+        raise ValueError(f"member {info.filename!r} of {path!r} is corrupt: {info.file_size} bytes "
+                         f"cannot be stored in {info.compress_size} compressed bytes")
     return info
 
 

@@ -33,7 +33,9 @@ import math
 import mmap
 import os
 import stat
+import struct
 import zipfile
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -127,16 +129,23 @@ class StreamedMember:
 
     def skip(self, n: int) -> None:
         while n > 0:
-            got = len(self.stream.read(min(n, BLOCK_BYTES)))
+            got = len(self._read(min(n, BLOCK_BYTES)))
             if got == 0:
                 raise ValueError(f"{self.where} is truncated")
             n -= got
 
     def read_exact(self, n: int) -> bytes:
-        buf = self.stream.read(n)
+        buf = self._read(n)
         if len(buf) != n:
             raise ValueError(f"{self.where} is truncated: its header promises more data than it holds")
         return buf
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.stream.read(n)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError,
+                struct.error) as exc:  # bad CRC, cut stream
+            raise ValueError(f"{self.where} is corrupt: {exc}") from None
 
 
 def _regular_file_size(path: str) -> int:
@@ -168,7 +177,8 @@ def _raw_source(path: str, dtype: Any, shape: Optional[Sequence[int]]) -> FileAr
     if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
         raise ValueError(f"shape= may hold one -1 and otherwise sizes >= 0, got {shape}")
     size = _regular_file_size(path)
-    known = checked_nbytes([s for s in shape if s != -1], dtype.itemsize, "shape=")
+    known = checked_nbytes([s for s in shape if s != -1], dtype.itemsize,
+                           f"shape= of raw file {path!r}")
     if -1 in shape:
         if known == 0 or size % known:
             raise ValueError(f"raw file {path!r} has {size} bytes, not a whole number of rows of "
@@ -183,8 +193,8 @@ def _raw_source(path: str, dtype: Any, shape: Optional[Sequence[int]]) -> FileAr
 def _npz_source(path: str, member: Optional[str], size: int):
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
-        raise ValueError(f"{path!r} is not a readable .npz archive: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - zipfile parses untrusted bytes: any failure is "corrupt"
+        raise ValueError(f"{path!r} is not a readable .npz archive: {type(exc).__name__}: {exc}") from None
     try:
         info = npz_member(zf, path, member)
         where = f"member {info.filename!r} of {path!r}"
@@ -193,17 +203,20 @@ def _npz_source(path: str, member: Optional[str], size: int):
                 start = stored_member_data_start(f, info, where, size)
                 f.seek(start)
                 head = read_npy_header(f, where)
-            if head.offset + head.nbytes > info.file_size:
-                raise ValueError(f"{where} is truncated: its header promises "
-                                 f"{head.offset + head.nbytes} bytes, the member holds {info.file_size}")
+            _check_member_size(head, info, where)
             zf.close()
             return FileArray(path, start + head.offset, head.dtype, head.shape, head.fortran)
         try:
             stream = zf.open(info)
-        except (zipfile.BadZipFile, NotImplementedError, EOFError, ValueError) as exc:
-            raise ValueError(f"{where} cannot be read: {exc}") from None
-        head = read_npy_header(stream, where)
+        except Exception as exc:  # noqa: BLE001 - zipfile parses untrusted bytes: any failure is "corrupt"
+            raise ValueError(f"{where} cannot be read: {type(exc).__name__}: {exc}") from None
+        try:
+            head = read_npy_header(stream, where)  # its own ValueError/TypeError name the member
+        except (zipfile.BadZipFile, NotImplementedError, EOFError, OSError, zlib.error,
+                struct.error) as exc:
+            raise ValueError(f"{where} cannot be read: {type(exc).__name__}: {exc}") from None
         cshape = tuple(reversed(head.shape)) if head.fortran else head.shape
+        _check_member_size(head, info, where)
 
         def close():
             stream.close()
@@ -213,6 +226,13 @@ def _npz_source(path: str, member: Optional[str], size: int):
     except BaseException:
         zf.close()
         raise
+
+
+def _check_member_size(head, info: zipfile.ZipInfo, where: str) -> None:
+    """A member's header may not promise more bytes than the archive says the member holds."""
+    if head.offset + head.nbytes > info.file_size:
+        raise ValueError(f"{where} is truncated: its header promises {head.offset + head.nbytes} "
+                         f"bytes, the member holds {info.file_size}")
 
 
 def _is_glob(s: str) -> bool:
@@ -668,6 +688,8 @@ def _compute_sources(sources, opts: ComputeOptions,
         arr = np.concatenate([_materialize(s) for s in sources]) if ndim else _materialize(sources[0])
         return array_moments(arr, opts)
     kept = normalize_keep_axes(opts.axis, ndim)
+    if opts.sample is not None:
+        _check_sample_axis(kept, opts)
     if all(math.prod(s) == 0 for s in shapes):
         total_shape = (sum(s[0] for s in shapes),) + shapes[0][1:]
         return array_moments(np.zeros(total_shape, sources[0].dtype), opts)
@@ -694,9 +716,7 @@ def _compute_sources(sources, opts: ComputeOptions,
         row_axis = ndim - 1 if fortran else 0
         row_bytes = math.prod(shp[1:]) * src.dtype.itemsize
         if fraction is not None:
-            if keep[0]:
-                raise ValueError(f"sample= draws rows along axis 0, which axis={opts.axis!r} "
-                                 f"keeps; sample only when axis 0 is reduced")
+            _check_sample_axis(kept, opts)
             if fortran and not isinstance(src, FileArray):
                 raise ValueError(f"sample= needs an uncompressed file to read the rows of a "
                                  f"Fortran-order array ({_name(src)})")
@@ -770,6 +790,12 @@ def _compute_sources(sources, opts: ComputeOptions,
     return finish(total, nan_policy=opts.nan_policy, floating=floating, expected=expected,
                   ddof=opts.ddof, sample=sample,
                   rerun=(lambda omit: run(omit)[0]) if can_rerun else None)
+
+
+def _check_sample_axis(kept: Tuple[int, ...], opts: ComputeOptions) -> None:
+    if 0 in kept:
+        raise ValueError(f"sample= draws rows along axis 0, which axis={opts.axis!r} keeps; "
+                         f"sample only when axis 0 is reduced")
 
 
 def _logical_shape(src) -> Tuple[int, ...]:
