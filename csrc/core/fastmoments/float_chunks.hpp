@@ -40,7 +40,7 @@ struct FloatLanes {
 
     static double value(const char* row, int64_t l, int64_t ls) {
         if constexpr (Contig)
-            return static_cast<double>(element_traits<T>::load(reinterpret_cast<const T*>(row)[l]));
+            return static_cast<double>(element_traits<T>::load(load_at<T>(row + l * static_cast<int64_t>(sizeof(T)))));
         else
             return static_cast<double>(element_traits<T>::load(load_at<T>(row + l * ls)));
     }
@@ -165,7 +165,7 @@ struct FloatRun {
 
     static double value(const char* p, int64_t i, int64_t stride) {
         if constexpr (Contig)
-            return static_cast<double>(element_traits<T>::load(reinterpret_cast<const T*>(p)[i]));
+            return static_cast<double>(element_traits<T>::load(load_at<T>(p + i * static_cast<int64_t>(sizeof(T)))));
         else
             return static_cast<double>(element_traits<T>::load(load_at<T>(p + i * stride)));
     }

@@ -117,7 +117,7 @@ struct IntegerLanes {
     }
 
     static T raw(const char* row, int64_t l, int64_t ls) {
-        if constexpr (Contig) return reinterpret_cast<const T*>(row)[l];
+        if constexpr (Contig) return load_at<T>(row + l * static_cast<int64_t>(sizeof(T)));
         else return load_at<T>(row + l * ls);
     }
 
@@ -214,7 +214,7 @@ struct IntegerLanes {
 
     static S1 value(const char* row, int64_t l, int64_t ls) {
         if constexpr (Contig)
-            return static_cast<S1>(reinterpret_cast<const T*>(row)[l]);
+            return static_cast<S1>(load_at<T>(row + l * static_cast<int64_t>(sizeof(T))));
         else
             return static_cast<S1>(load_at<T>(row + l * ls));
     }
@@ -295,7 +295,7 @@ struct IntegerRun {
 
     void run(const char* p, int64_t n, int64_t stride) {
         auto raw = [&](int64_t i) -> T {
-            if constexpr (Contig) return reinterpret_cast<const T*>(p)[i];
+            if constexpr (Contig) return load_at<T>(p + i * static_cast<int64_t>(sizeof(T)));
             else return load_at<T>(p + i * stride);
         };
         auto value = [&](int64_t i) -> S1 { return static_cast<S1>(raw(i)); };
