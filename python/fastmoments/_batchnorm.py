@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
+from ._checks import check_count
 from ._compute import compute
 from ._moments import Moments, State
 from ._npyfile import load_npy
@@ -122,16 +123,6 @@ class BatchNormRecalibration:
 
 
 # -- arguments ------------------------------------------------------------------------------------
-
-def _check_count(name: str, value: Optional[int]) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return int(value)
-
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
@@ -650,8 +641,8 @@ def recalibrate_batchnorm(model, data, steps=None, *, batch_size=None, mode="inf
     """
     mode = _choice("mode", mode, _MODES)
     estimator = _choice("estimator", estimator, _ESTIMATORS)
-    steps = _check_count("steps", steps)
-    batch_size = _check_count("batch_size", batch_size)
+    steps = check_count("steps", steps)
+    batch_size = check_count("batch_size", batch_size)
     if not isinstance(progress, (bool, np.bool_)):
         raise TypeError(f"progress must be True or False, got {progress!r}")
     found = _batchnorm_layers(model)

@@ -67,6 +67,17 @@ def check_recursive(recursive: Any) -> bool:
     return bool(recursive)
 
 
+def check_count(name: str, value: Optional[int]) -> Optional[int]:
+    """``steps=``, ``batch_size=`` and the like: a positive int, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return int(value)
+
+
 def check_device(device: str) -> str:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")

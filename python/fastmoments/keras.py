@@ -25,7 +25,7 @@ import numpy as np
 
 from ._accumulator import Accumulator
 from ._batchnorm import BatchNormRecalibration, LayerRecalibration, recalibrate_batchnorm
-from ._checks import check_nan_policy
+from ._checks import check_count, check_nan_policy
 from ._compute import compute
 from ._moments import Moments
 from ._stream import paths_shape
@@ -96,16 +96,6 @@ def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, keras.KerasTensor):
         raise TypeError("FastNorm.adapt() needs concrete data; got a symbolic KerasTensor")
     return np.asarray(x)
-
-
-def _check_count(name: str, value: Optional[int]) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return int(value)
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -407,8 +397,8 @@ class FastNorm(keras.layers.Normalization):
             1 or drop the features. Also warns when the statistics contain NaN.
         """
         check_nan_policy(nan_policy)
-        batch_size = _check_count("batch_size", batch_size)
-        steps = _check_count("steps", steps)
+        batch_size = check_count("batch_size", batch_size)
+        steps = check_count("steps", steps)
         if progress is not None and not isinstance(progress, (bool, np.bool_)):
             raise TypeError(f"progress must be True, False or None (auto), got {progress!r}")
         if self.input_mean is not None:

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from . import _core
 from ._axes import AxisLike, normalize_keep_axes
-from ._checks import check_ddof, check_nan_policy, check_threads, default_threads
+from ._checks import check_count, check_ddof, check_nan_policy, check_threads, default_threads
 from ._array import reduce_ndarray
 from ._finish import finish, kernel_omits
 from ._moments import Moments, State as StateRecord
@@ -558,12 +558,9 @@ def dataset_moments(dataset: "tf.data.Dataset", axis: AxisLike = -1, steps: Opti
     ddof = check_ddof(ddof)
     nan_policy = check_nan_policy(nan_policy)
     threads_attr = _threads_attr(threads)
+    steps = check_count("steps", steps)
     if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-            raise TypeError(f"steps must be a positive int or None, got {steps!r}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        dataset = dataset.take(int(steps))
+        dataset = dataset.take(steps)
     x_spec, is_tuple = _features_spec(dataset.element_spec)
 
     cardinality = int(dataset.cardinality())
