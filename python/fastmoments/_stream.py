@@ -44,7 +44,7 @@ import numpy as np
 
 from . import _core
 from ._axes import keep_mask, kept_shape, normalize_keep_axes
-from ._array import array_moments
+from ._array import array_moments, reduce_ndarray
 from ._dtypes import check_plain_dtype, dtype_code, is_floating, is_native
 from ._finish import finish, kernel_omits
 from ._npyfile import (NPY_MAGIC, ZIP_MAGIC, checked_nbytes, npy_header_of_file, npz_member,
@@ -554,8 +554,7 @@ def _reduce_streamed(src: StreamedMember, keep_c, cshape, ranges, omit, opts, re
     tail = tuple(cshape[j + 1:])
     keep = [bool(k) for k in keep_c[j:]]
     slice_bytes = math.prod(tail) * itemsize
-    code = dtype_code(src.dtype)
-    native = src.dtype.newbyteorder("=")
+    kept = tuple(i for i, k in enumerate(keep) if k)
     out = State.empty((_kept_size(cshape, keep_c),))
     pos = done = 0
     for off, r, base in zip((offsets * itemsize).tolist(), rows.tolist(), out_base.tolist()):
@@ -563,9 +562,7 @@ def _reduce_streamed(src: StreamedMember, keep_c, cshape, ranges, omit, opts, re
         want = r * slice_bytes
         piece = np.frombuffer(src.read_exact(want), dtype=src.dtype).reshape((r,) + tail)
         pos = off + want
-        if not is_native(src.dtype):
-            piece = piece.astype(native)  # one piece, never the whole member
-        part = State.of(_core.reduce(piece, keep, code, omit, opts.threads, None))
+        part = reduce_ndarray(piece, kept, omit=omit, threads=opts.threads)
         at = slice(base, base + part.count.size)
         merged = State(*(a[at] for a in out)).merge(part.reshape((part.count.size,)))
         for whole, new in zip(out, merged):
@@ -582,8 +579,6 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
     row_bytes = int(np.prod(cshape[1:], dtype=np.int64)) * src.dtype.itemsize
     block_rows = src.chunk_rows * max(1, BLOCK_BYTES // max(1, src.chunk_rows * row_bytes))
     blocks = [(a, min(r1, a + block_rows)) for r0, r1 in ranges for a in range(r0, r1, block_rows)]
-    code = dtype_code(src.dtype)
-    native = src.dtype.newbyteorder("=") if src.dtype.byteorder not in "=|" else src.dtype
     kept = tuple(i for i, k in enumerate(keep_c) if k)
     out_shape = kept_shape(cshape, kept)
     out = State.empty(out_shape)
@@ -604,11 +599,11 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
             nxt = next(it, None)
             if nxt is not None:
                 pending.append((nxt, ex.submit(src.read, *nxt)))
-            arr = np.ascontiguousarray(arr, dtype=native)
+            arr = np.asarray(arr)
             if arr.shape != (r1 - r0,) + tuple(cshape[1:]):
                 raise ValueError(f"read rows {r0}:{r1} with shape {arr.shape}, expected "
                                  f"{(r1 - r0,) + tuple(cshape[1:])}")
-            part = State.of(_core.reduce(arr, list(keep_c), code, omit, opts.threads, None))
+            part = reduce_ndarray(arr, kept, omit=omit, threads=opts.threads)
             if keep_c[0]:
                 for whole, new in zip(out, part):
                     whole[r0:r1] = new

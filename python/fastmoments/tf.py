@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from . import _core
 from ._axes import AxisLike, normalize_keep_axes
 from ._checks import check_count, check_ddof, check_nan_policy, check_threads, default_threads
 from ._array import reduce_ndarray
@@ -334,8 +333,7 @@ def _fallback_merge(a: State, b: State) -> State:
             if cb.ndim == 0 and cb == 0:
                 return sa
             raise ValueError(f"MergeMoments: states of shapes {ca.shape} and {cb.shape} cannot be merged")
-        (c, m, q, lo), (c2, m2, q2, lo2) = sa, sb
-        out = _core.combine(c, m, q, c2, m2, q2, lo, lo2)
+        out = StateRecord.of(sa).merge(StateRecord.of(sb))  # the one merge
         return tuple(np.asarray(f, dt.as_numpy_dtype).reshape(ca.shape)
                      for f, dt in zip(out, _STATE_DTYPES))
 
