@@ -333,6 +333,13 @@ def _cases() -> List[Tuple[str, Any, Dict[str, Any]]]:
     add("directory", "DIR", expect="error")
     add("missing_file.npy", "MISSING", expect="error")
     add("symlink_loop.npy", "LOOP", expect="error")
+
+    # -- found by the fuzz target (kept last so that earlier seeds keep their names)
+    # NumPy's descr_to_dtype indexes descr[1] of a tuple descr: a 1-tuple raised IndexError through
+    # the header reader (found by the fuzz target in CI, issue 17); a list descr is a record dtype.
+    add("descr_short_tuple.npy", npy_bytes(hdr("TEMPLATE", (3,)).replace("'TEMPLATE'", "('<f4',)"), bytes(12)))
+    add("descr_bad_record.npy", npy_bytes(hdr("TEMPLATE", (3,)).replace("'TEMPLATE'", "[('a',)]"), bytes(12)),
+        typeerror_ok=True)
     return out
 
 

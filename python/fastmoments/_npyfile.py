@@ -12,7 +12,6 @@ import math
 import operator
 import os
 import struct
-import tokenize
 import zipfile
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Sequence, Tuple, Union
@@ -82,8 +81,8 @@ def read_npy_header(f: BinaryIO, where: str) -> NpyHeader:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             raise ValueError(f"unknown .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, MemoryError, RecursionError,
-            tokenize.TokenError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- untrusted header: NumPy's parser raises IndexError,
+        # KeyError, SyntaxError, MemoryError, RecursionError, tokenize errors... on crafted ones
         raise ValueError(f"{where} is not a readable .npy file: {exc}") from None
     if not isinstance(shape, tuple):
         raise ValueError(f"{where} is not a readable .npy file: shape {shape!r} is not a tuple")
