@@ -115,7 +115,20 @@ def files(folder):
 
 
 def read_all(paths):
+    """Puts each file in the page cache as reading it from disk does. A file just written sits
+    in the cache in the pieces its writer wrote: nibabel writes a volume in many small writes,
+    and the kernel (6.18, ext4 here) then keeps it in small folios, which any reader of the file
+    (a map or ``pread``) walks 2-3x slower than the large folios of one ``np.save`` write or of
+    readahead: measured 3.1 GB/s for a fresh ``.nii`` against 7.9 for the same values in a fresh
+    ``.npy``, and 6.0-9.3 against 6.2-6.8 once both were dropped and read back. So the files are
+    written to disk, dropped from the cache and read back, all the same way."""
     for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
         with open(p, "rb") as f:
             while f.read(1 << 22):
                 pass
