@@ -215,7 +215,7 @@ class _DatasetSource:
         if not isinstance(spec, (tf.TensorSpec, tf.RaggedTensorSpec)):
             raise TypeError(
                 "FastNorm.adapt() needs dataset elements x, (x, y) or (x, y, w) with x a dense "
-                f"or ragged tensor; got element_spec {dataset.element_spec!r}"
+                f"tensor (or a ragged one); got element_spec {dataset.element_spec!r}"
             )
         shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else None
         if shape is None:
@@ -788,14 +788,22 @@ def _dataset_features(layers: Mapping, keys: list, named: bool, dataset: Any,
         except TypeError as exc:
             raise TypeError(f"adapt_all(): feature {key!r}: {exc}") from None
         specs[key] = spec
-    # Batches or rows: the same reading as FastNorm.adapt, for all features at once.
+    # Batches or rows, for all features at once: scalar features are rows; features whose
+    # leading dimensions are all unknown are batches; else FastNorm.adapt's reading of each
+    # feature, and batches where that differs between features of one leading dimension.
+    leading = {s.shape[0] if s.shape.rank else "scalar" for s in specs.values()}
     votes = {isinstance(s, tf.RaggedTensorSpec) and s.ragged_rank > 0
              or _DatasetSource._is_batched(tuple(s.shape.as_list()), layers[k]._built_rank())
              for k, s in specs.items()}
-    if len(votes) != 1:
-        raise ValueError("adapt_all(): some features of the dataset look batched and others not; "
-                         "batch the dataset (or give the layers built shapes)")
-    batched = votes.pop()
+    if "scalar" in leading:
+        batched = False
+    elif leading == {None} or len(votes) == 1:
+        batched = leading == {None} or votes.pop()
+    elif len(leading) == 1:
+        batched = True
+    else:
+        raise ValueError("adapt_all(): cannot tell whether the dataset's elements are batches "
+                         f"(features of leading dimensions {sorted(map(str, leading))}); batch it")
     if batched and batch_size is not None:
         raise ValueError("batch_size applies to unbatched datasets; this dataset is already batched")
     if not batched:
