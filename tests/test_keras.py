@@ -921,3 +921,50 @@ def test_ragged_multi_axis_and_errors(tf_route):
         FastNorm().adapt(tf.data.Dataset.from_tensor_slices(seq).batch(4), batch_size=3)
     with pytest.raises(TypeError, match="dense or ragged"):
         FastNorm().adapt(tf.sparse.from_dense(values))
+
+
+def test_reset_state_adapt_all_and_saving_under_jax(tmp_path):
+    cols = _columns(900)
+    np.savez(tmp_path / "cols.npz", **{k: v for k, v in cols.items() if k != "city"})
+    out = run_python(f"""
+        import json, sys, numpy as np
+        try:
+            import keras
+        except ImportError as exc:
+            print("SKIP", exc); raise SystemExit(0)
+        assert keras.backend.backend() == "jax"
+        from fastmoments.keras import FastNorm, adapt_all
+        cols = dict(np.load({str(tmp_path / "cols.npz")!r}))
+        a = FastNorm(dtype="float64")
+        a.adapt(cols["coords"][:400])
+        a.adapt((cols["coords"][i:i + 100] for i in range(400, 900, 100)), reset_state=False)
+        norms = {{"age": FastNorm(axis=None), "coords": FastNorm()}}
+        adapt_all(norms, {{k: cols[k][:500] for k in norms}})
+        adapt_all(norms, ({{k: cols[k][i:i + 200] for k in norms}} for i in range(500, 900, 200)),
+                  reset_state=False)
+        tf_imported = "tensorflow" in sys.modules  # before Keras saving, which may import it
+        inputs = keras.Input(shape=(2,))
+        keras.Model(inputs, a(inputs)).save({str(tmp_path / "jax.keras")!r})
+        b = keras.models.load_model({str(tmp_path / "jax.keras")!r}).layers[1]
+        b.adapt(cols["coords"][:100], reset_state=False)
+        print(json.dumps({{"tf": tf_imported,
+                          "a": [np.asarray(a.adapt_mean).tolist(), np.asarray(a.adapt_variance).tolist()],
+                          "age": [float(np.asarray(norms["age"].adapt_mean)),
+                                  float(np.asarray(norms["age"].adapt_variance))],
+                          "coords": np.asarray(norms["coords"].adapt_variance).tolist(),
+                          "b": np.asarray(b.adapt_variance).tolist()}}))
+    """, env_update={"KERAS_BACKEND": "jax"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    if out.stdout.startswith("SKIP"):
+        pytest.skip(f"Keras jax backend not importable: {out.stdout.strip()}")
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["tf"] is False
+    coords = cols["coords"]
+    mean, var = reference(coords, (-1,))
+    # JAX without x64 stores a float64 layer's weights as float32; the exact state is float64.
+    np.testing.assert_allclose(got["a"][0], mean, rtol=1e-6)
+    np.testing.assert_allclose(got["a"][1], var, rtol=1e-6)
+    np.testing.assert_allclose(got["age"], reference(cols["age"], ()), rtol=1e-6)
+    np.testing.assert_allclose(got["coords"], var, rtol=1e-6)
+    np.testing.assert_allclose(got["b"], reference(np.concatenate([coords, coords[:100]]), (-1,))[1],
+                               rtol=1e-6)

@@ -630,8 +630,9 @@ class FastNorm(keras.layers.Normalization):
             raise ValueError(f"adapt(reset_state=False): the layer's exact state has shape "
                              f"{state.shape}, its weights {shape}")
         want_mean, want_variance = self._weights_of(state)
-        if not (np.array_equal(want_mean, mean, equal_nan=True)
-                and np.array_equal(want_variance, variance, equal_nan=True)):
+        # Compared in the dtype the backend stores (JAX without x64 keeps float64 as float32).
+        if not (np.array_equal(want_mean.astype(mean.dtype), mean, equal_nan=True)
+                and np.array_equal(want_variance.astype(variance.dtype), variance, equal_nan=True)):
             raise ValueError(
                 "adapt(reset_state=False): the layer's mean or variance changed since its last "
                 "adapt (assigned or set_weights), so they no longer match the exact state to "
