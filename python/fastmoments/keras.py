@@ -270,14 +270,15 @@ class _DatasetSource:
 
         if self.ragged_rank:
             flat = _flat_keep(keep, self.ragged_rank)
-            ds = self.dataset.map(lambda *e: _extract_x(e if len(e) > 1 else e[0]).flat_values)
+            ds = self.dataset if self.steps is None else self.dataset.take(self.steps)
             if progress:
-                ds = ds if self.steps is None else ds.take(self.steps)
+                ds = ds.map(lambda *e: _extract_x(e if len(e) > 1 else e[0]).flat_values)
                 n = int(ds.cardinality())
                 return _IterableSource(ds, None, n if n >= 0 else None).moments(
                     flat, nan_policy, progress)
-            return fm_tf.dataset_moments(ds, axis=flat if flat else None, steps=self.steps,
-                                         nan_policy=nan_policy, batched=True)
+            # The loop takes x's flat values itself: no map to trace per call.
+            path = (0,) if isinstance(ds.element_spec, tuple) else ()
+            return fm_tf._reduce_batches(ds, [flat], nan_policy, 0, paths=[path])[0]
         if progress:
             # The graph reduction shows no bar: read the elements here (same kernel per batch,
             # states merged exactly by the Accumulator).
@@ -713,14 +714,20 @@ class FastNorm(keras.layers.Normalization):
 def _feature_container(element: Any, named: bool) -> Any:
     """The features of one element (or element spec): a dict (named features) or a tuple
     (positional ones); of ``(features, y)`` / ``(features, y, w)`` elements, ``features``."""
+    path = _container_path(element, named)
+    return element[0] if path else element
+
+
+def _container_path(element: Any, named: bool) -> Tuple[int, ...]:
+    """Where :func:`_feature_container` finds the features: ``()`` or ``(0,)``."""
     if isinstance(element, Mapping):
-        return element
+        return ()
     if isinstance(element, (tuple, list)) and len(element) > 0:
         first = element[0]
         if isinstance(first, Mapping) or (isinstance(first, (tuple, list)) and 2 <= len(element) <= 3):
-            return first
+            return (0,)
         if not named:
-            return element
+            return ()
     raise TypeError(
         "adapt_all() needs data whose elements are a dict of features (string keys), a tuple of "
         "features (integer keys), or (features, y[, w]); got "
@@ -811,7 +818,6 @@ def _dataset_features(layers: Mapping, keys: list, named: bool, dataset: Any,
         row_bytes = sum(max(1, int(np.prod([d or 1 for d in s.shape.as_list()]))) * s.dtype.size
                         for s in specs.values())
         dataset = dataset.batch(batch_size or int(min(65536, max(64, (1 << 20) // row_bytes))))
-    spec_is_tuple = isinstance(dataset.element_spec, tuple)
     batch_specs = {k: _feature(_feature_container(dataset.element_spec, named), k) for k in keys}
     ragged = {k: int(s.ragged_rank) if isinstance(s, tf.RaggedTensorSpec) else 0
               for k, s in batch_specs.items()}
@@ -824,15 +830,10 @@ def _dataset_features(layers: Mapping, keys: list, named: bool, dataset: Any,
             raise ValueError(f"adapt_all(): the layer for {key!r} keeps axis 0, the batch axis")
         keeps.append(_flat_keep(layer._keep_axis, ragged[key]))
 
-    def select(*element):
-        container = _feature_container(element if spec_is_tuple else element[0], named)
-        out = []
-        for key in keys:
-            x = _feature(container, key)
-            out.append(x.flat_values if _is_tf_ragged(x) else x)
-        return tuple(out)
-
-    moments = fm_tf._reduce_batches(dataset.map(select), keeps, nan_policy, 0)
+    # The loop picks each feature (and a ragged one's flat values) itself: no map to trace.
+    prefix = _container_path(dataset.element_spec, named)
+    moments = fm_tf._reduce_batches(dataset, keeps, nan_policy, 0,
+                                    paths=[prefix + (key,) for key in keys])
     return [(layers[k], p, m) for k, p, m in zip(keys, previous, moments)]
 
 

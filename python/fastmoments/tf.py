@@ -453,15 +453,19 @@ def _row_batch_size(spec: tf.TensorSpec) -> int:
     return int(min(hi, max(lo, _ROW_BATCH_BYTES // row_bytes)))
 
 
-# One traced loop per (kept axes of each feature, nan_omit, threads, op or fallback); tf.function
-# retraces it per dataset element signature, not per dataset.
+# One traced loop per (kept axes and path of each feature, nan_omit, threads, op or fallback);
+# tf.function retraces it per dataset element signature, not per dataset.
 _LOOPS: Dict[Tuple[Any, ...], Any] = {}
 
 
-def _dataset_loop(keeps: Tuple[Tuple[int, ...], ...], nan_omit: bool, threads: int, use_op: bool):
+def _dataset_loop(keeps: Tuple[Tuple[int, ...], ...], paths: Optional[Tuple[Tuple[Any, ...], ...]],
+                  nan_omit: bool, threads: int, use_op: bool):
     """A traced loop reducing dataset elements that are one tensor (``len(keeps) == 1``) or a
-    tuple of tensors, one state per tensor: several features from one pass over the data."""
-    key = (keeps, nan_omit, threads, use_op)
+    tuple of tensors, one state per tensor: several features from one pass over the data. With
+    ``paths``, feature ``i`` is ``element[p0][p1]...`` for ``paths[i]`` (dict keys, tuple
+    positions), picked inside the loop (no ``Dataset.map`` to trace per call). A ragged feature
+    is reduced over its ``flat_values`` (``keeps`` then count in those)."""
+    key = (keeps, paths, nan_omit, threads, use_op)
     if key in _LOOPS:
         return _LOOPS[key]
     keep_lists = [list(k) for k in keeps]
@@ -492,7 +496,10 @@ def _dataset_loop(keeps: Tuple[Tuple[int, ...], ...], nan_omit: bool, threads: i
 
         def step(opt, *loop_vars):
             xs = opt.get_value()
+            if paths is not None:
+                xs = tuple(_pick(xs, path) for path in paths)
             xs = xs if isinstance(xs, tuple) else (xs,)
+            xs = tuple(x.flat_values if isinstance(x, tf.RaggedTensor) else x for x in xs)
             out = []
             for i, (x, keep) in enumerate(zip(xs, keep_lists)):
                 state, values = loop_vars[i * width:(i + 1) * width - 1], loop_vars[(i + 1) * width - 1]
@@ -513,12 +520,32 @@ def _dataset_loop(keeps: Tuple[Tuple[int, ...], ...], nan_omit: bool, threads: i
     return loop
 
 
+def _pick(element: Any, path: Tuple[Any, ...]) -> Any:
+    for step in path:
+        element = element[step]
+    return element
+
+
+def _flat_values_spec(spec: Any) -> Any:
+    """The spec of a ragged spec's ``flat_values`` (others unchanged)."""
+    if not isinstance(spec, tf.RaggedTensorSpec) or spec.shape.rank is None:
+        return spec
+    return tf.TensorSpec([None] + spec.shape[spec.ragged_rank + 1:].as_list(), spec.dtype)
+
+
 def _reduce_batches(dataset: "tf.data.Dataset", keeps: Sequence[Sequence[int]], nan_policy: str,
-                    threads_attr: int, ddof: int = 0) -> List[Moments]:
-    """Statistics of each tensor of ``dataset``'s elements (a tensor, or a tuple of tensors, all
-    batches: axis 0 is reduced), ``keeps[i]`` the normalized kept axes of tensor ``i``: one
-    graph-mode pass for all of them. Finished per tensor (empty data: ``ValueError``)."""
+                    threads_attr: int, ddof: int = 0,
+                    paths: Optional[Sequence[Sequence[Any]]] = None) -> List[Moments]:
+    """Statistics of each tensor of ``dataset``'s elements (a tensor, or a tuple of tensors, or
+    with ``paths`` the tensors at those paths; all batches: axis 0 is reduced; ragged ones over
+    their flat values), ``keeps[i]`` the normalized kept axes of tensor ``i`` (of its flat
+    values if ragged): one graph-mode pass for all of them. Finished per tensor (empty data:
+    ``ValueError``)."""
     specs = dataset.element_spec
+    if paths is not None:
+        paths = tuple(tuple(p) for p in paths)
+        specs = tuple(_pick(specs, path) for path in paths)
+        specs = tuple(_flat_values_spec(s) for s in specs)
     specs = specs if isinstance(specs, tuple) else (specs,)
     if len(specs) != len(keeps):
         raise ValueError(f"{len(keeps)} sets of kept axes for dataset elements of {len(specs)} tensors")
@@ -530,7 +557,7 @@ def _reduce_batches(dataset: "tf.data.Dataset", keeps: Sequence[Sequence[int]], 
         # A scalar empty state merges with any shape: the start when the kept shape is not static.
         shape = kept_shape.as_list() if kept_shape.is_fully_defined() else []
         init += [*zero_state(shape), tf.constant(0, tf.int64)]
-    loop = _dataset_loop(tuple(tuple(int(k) for k in keep) for keep in keeps), nan_omit,
+    loop = _dataset_loop(tuple(tuple(int(k) for k in keep) for keep in keeps), paths, nan_omit,
                          threads_attr, _ops() is not None)
     try:
         out = loop(dataset, tuple(init))
