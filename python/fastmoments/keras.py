@@ -9,6 +9,10 @@ dataset.
 
 Arrays, memory maps, ``.npy`` paths and dask arrays go through :func:`fastmoments.compute`, which
 needs no TensorFlow: ``FastNorm`` works under every Keras backend for those inputs.
+
+``adapt(..., reset_state=False)`` merges new data into the statistics adapted before;
+:func:`adapt_all` adapts one layer per feature of dict or tuple data from one pass; ragged
+tensors are reduced over their values.
 """
 
 from __future__ import annotations
@@ -490,6 +494,13 @@ class FastNorm(keras.layers.Normalization):
     and outputs); see ``keras.layers.Normalization`` for ``axis``, ``mean``, ``variance`` and
     ``invert``. Saved models refer to it as ``"fastmoments>FastNorm"``; an exported SavedModel
     (``model.export``) contains plain TensorFlow ops and serves without fastmoments.
+
+    Beside the three weights, the layer keeps the exact state of its last ``adapt`` (count, mean,
+    m2 and mean residual per feature) for ``adapt(..., reset_state=False)``; ``.keras`` files and
+    ``save_weights`` store it as a separate entry, which plain Keras skips. Keras names a
+    layer's weights in the file after its class, so without fastmoments a ``.keras`` file loads
+    with a stand-in ``class FastNorm(keras.layers.Normalization): pass`` passed as
+    ``custom_objects={"fastmoments>FastNorm": FastNorm}``.
     """
 
     def adapt(self, data, batch_size=None, steps=None, *, nan_policy="propagate", progress=None,
