@@ -369,9 +369,9 @@ class _BatchReducer:
         values, ragged_rank = _values_of(x)
         shape = _shape_of(x) if ragged_rank else values.shape
         ref, keep = self.input_shape, self.keep
+        first_ragged_rank = ragged_rank if self._ragged_rank is None else self._ragged_rank
         if (len(shape) != len(ref) or any(shape[d] != ref[d] for d in keep)
-                or ragged_rank != (self._ragged_rank if self._ragged_rank is not None
-                                   else ragged_rank)):
+                or ragged_rank != first_ragged_rank):
             raise ValueError(
                 "FastNorm.adapt() yielded a batch with incompatible shape: expected "
                 f"{ref} (axes {keep} fixed), got {tuple(shape)}"
@@ -455,8 +455,8 @@ class _ExactState(_Saveable):
     """The exact statistics (:class:`~fastmoments._moments.State`) behind a FastNorm's weights.
 
     Keras saving (``.keras``, ``save_weights``) stores it as a child of the layer; it is not a
-    layer and holds no variables, so the layer's weights stay ``Normalization``'s three and a
-    saved FastNorm loads as a plain ``Normalization``, which skips this entry."""
+    layer and holds no variables, so the layer's weights stay ``Normalization``'s three, and
+    Keras without fastmoments (a ``Normalization`` subclass standing in) skips this entry."""
 
     def __init__(self, state: Optional[State] = None):
         self.state = state
@@ -502,6 +502,11 @@ class FastNorm(keras.layers.Normalization):
     with a stand-in ``class FastNorm(keras.layers.Normalization): pass`` passed as
     ``custom_objects={"fastmoments>FastNorm": FastNorm}``.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The exact statistics behind adapt_mean/adapt_variance, for reset_state=False.
+        self._exact_state = _ExactState()
 
     def adapt(self, data, batch_size=None, steps=None, *, nan_policy="propagate", progress=None,
               reset_state=True):
@@ -584,11 +589,6 @@ class FastNorm(keras.layers.Normalization):
         self._set_statistics(self._merged(previous, moments))
 
     # -- helpers -----------------------------------------------------------------------------
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # The exact statistics behind adapt_mean/adapt_variance, for reset_state=False.
-        self._exact_state = _ExactState()
-
     def _check_adaptable(self) -> None:
         if self.input_mean is not None:
             raise ValueError(
@@ -910,8 +910,8 @@ def adapt_all(layers, data, batch_size=None, steps=None, *, nan_policy="propagat
 
     Examples
     --------
-    >>> norms = {"age": FastNorm(), "income": FastNorm()}         # doctest: +SKIP
-    >>> adapt_all(norms, train_ds)  # elements ({"age": ..., "income": ..., ...}, label)
+    >>> norms = {"age": FastNorm(axis=None), "income": FastNorm(axis=None)}  # doctest: +SKIP
+    >>> adapt_all(norms, train_ds)  # ({"age": ..., "income": ..., ...}, label)  # doctest: +SKIP
     """
     check_nan_policy(nan_policy)
     batch_size = check_count("batch_size", batch_size)
