@@ -968,3 +968,26 @@ def test_reset_state_adapt_all_and_saving_under_jax(tmp_path):
     np.testing.assert_allclose(got["coords"], var, rtol=1e-6)
     np.testing.assert_allclose(got["b"], reference(np.concatenate([coords, coords[:100]]), (-1,))[1],
                                rtol=1e-6)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+def test_file_without_exact_state_loads_and_refuses_to_merge(tmp_path):
+    # A file saved before the exact state existed holds only the three weights.
+    x = features((300, 4), seed=70)
+    model = _adapted_model(x)
+    model.layers[1]._exact_state.state = None
+    model.save(tmp_path / "old.keras")
+    layer = keras.models.load_model(tmp_path / "old.keras").layers[1]
+    assert layer._exact_state.state is None
+    assert_stats(layer, x, (-1,))
+    with pytest.raises(ValueError, match="no exact state"):
+        layer.adapt(x, reset_state=False)
+
+
+def test_adapt_all_steps_on_a_repeated_dataset(tf_route):
+    cols = _columns(400)
+    ds = tf.data.Dataset.from_tensor_slices({k: v for k, v in cols.items() if k != "city"})
+    norms = _norms()
+    adapt_all(norms, ds.batch(100).repeat(), steps=6)  # 4 batches, then the first 2 again
+    _assert_columns(norms, {k: np.concatenate([v, v[:200]]) for k, v in cols.items()})
