@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import fastmoments  # noqa: E402
-from fastmoments.keras import FastNorm, FastNormWarning  # noqa: E402
+from fastmoments.keras import FastNorm, FastNormWarning, adapt_all  # noqa: E402
 from reference import reference as shared_reference  # noqa: E402
 
 # Datasets go through fastmoments.tf, whose op-or-fallback choice is tested in test_tf.py; the
@@ -456,9 +456,9 @@ def test_bad_arguments():
         FastNorm().adapt([42])
     with pytest.raises(TypeError, match="dtype"):
         FastNorm().adapt(np.array([["a", "b"]]))
-    with pytest.raises(TypeError, match="dense data"):
+    with pytest.raises(ValueError, match="known shape"):  # axis=-1 of (2, None) is ragged
         FastNorm().adapt(tf.ragged.constant([[1.0, 2.0], [3.0]]))
-    with pytest.raises(TypeError, match="dense data"):
+    with pytest.raises(TypeError, match="dense or ragged data"):
         FastNorm().adapt([tf.sparse.from_dense(x)])
     with pytest.raises(TypeError, match="dense tensor"):
         FastNorm().adapt(tf.data.Dataset.from_tensor_slices({"a": x}))
@@ -562,3 +562,432 @@ def test_matches_reference_on_random_arrays():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FastNormWarning)  # constant draws have zero variance
         check()
+
+
+# -- incremental adapt (reset_state=False) ------------------------------------------------------
+def _parts_as(kind, part):
+    if kind == "array":
+        return part
+    if kind == "dataset":
+        return tf.data.Dataset.from_tensor_slices(part).batch(97)
+    return [part[:50], part[50:]]
+
+
+@pytest.mark.parametrize("kind", ["array", "dataset", "batches"])
+def test_reset_state_false_equals_one_adapt_on_the_concatenation(kind, tf_route):
+    # float64 layer at mean 1e6: the pooled variance must be that of the concatenation, not a
+    # float32 round trip through the weights.
+    parts = [features((n, 3), np.float64, mean=1e6 + 5 * i, std=1.0 + i, seed=40 + i)
+             for i, n in enumerate((300, 120, 451))]
+    layer = FastNorm(dtype="float64")
+    layer.adapt(_parts_as(kind, parts[0]), reset_state=False)  # never adapted: starts empty
+    for i, part in enumerate(parts[1:], start=2):
+        layer.adapt(_parts_as(kind, part), reset_state=False)
+        assert_stats(layer, np.concatenate(parts[:i]), (-1,), rtol=1e-12)
+    assert int(layer.count.numpy()) == sum(len(p) for p in parts)
+    layer.adapt(_parts_as(kind, parts[2]))  # reset_state=True: only the new data
+    assert_stats(layer, parts[2], (-1,), rtol=1e-12)
+
+
+def test_reset_state_false_multi_axis_and_nan_omit():
+    a = features((40, 4, 3), np.float64, seed=43)
+    b = features((25, 4, 3), np.float64, mean=990, seed=44)
+    b[::3, 1, 2] = np.nan
+    layer = FastNorm(axis=(1, 2), dtype="float64")
+    layer.adapt(a)
+    layer.adapt([b[:10], b[10:]], reset_state=False, nan_policy="omit")
+    assert_stats(layer, np.concatenate([a, b]), (1, 2), rtol=1e-12, nan=True)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+@pytest.mark.parametrize("how", ["keras_file", "weights_file"])
+def test_reset_state_false_after_save_and_load(how, tmp_path):
+    a, b = features((500, 4), seed=45), features((200, 4), mean=1010, seed=46)
+    model = _adapted_model(a)
+    if how == "keras_file":
+        model.save(tmp_path / "m.keras")
+        loaded = keras.models.load_model(tmp_path / "m.keras")
+    else:
+        model.save_weights(tmp_path / "m.weights.h5")
+        loaded = keras.models.clone_model(model)
+        loaded.load_weights(tmp_path / "m.weights.h5")
+    layer = loaded.layers[1]
+    assert len(layer.weights) == 3  # Normalization's weights; the exact state is beside them
+    layer.adapt(b, reset_state=False)
+    assert_stats(layer, np.concatenate([a, b]), (-1,))
+    np.testing.assert_array_equal(layer._exact_state.state.count, [700] * 4)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+def test_saved_model_loads_and_serves_without_fastmoments(tmp_path):
+    x = features((800, 4), seed=47)
+    model = _adapted_model(x)
+    model.layers[1].adapt(features((100, 4), mean=900, seed=48), reset_state=False)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "probe.npy", x[:20])
+    np.save(tmp_path / "expected.npy", np.asarray(model(x[:20])))
+    out = run_python(f"""
+        import sys
+        sys.modules["fastmoments"] = None  # import fastmoments now raises ImportError
+        import numpy as np, keras
+        try:
+            import fastmoments  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("fastmoments importable")
+        # Keras files name a layer's weights after its class: a two-line stand-in named
+        # FastNorm loads them (the exact state beside them is skipped).
+        class FastNorm(keras.layers.Normalization):
+            pass
+
+        loaded = keras.models.load_model({str(tmp_path / "m.keras")!r},
+                                         custom_objects={{"fastmoments>FastNorm": FastNorm}})
+        assert type(loaded.layers[1]) is FastNorm
+        got = np.asarray(loaded.predict(np.load({str(tmp_path / "probe.npy")!r}), verbose=0))
+        np.testing.assert_allclose(got, np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-6)
+        print("ok")
+    """, drop_pythonpath=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_reset_state_false_bad_input():
+    x = features((100, 3), seed=49)
+    layer = FastNorm()
+    layer.adapt(x)
+    with pytest.raises(ValueError, match="reset_state=False cannot merge"):
+        layer.adapt(features((100, 4)), reset_state=False)
+    with pytest.raises(ValueError, match="reset_state=False cannot merge"):
+        layer.adapt(features((10, 5, 3)), reset_state=False)
+    with pytest.raises(TypeError, match="reset_state"):
+        layer.adapt(x, reset_state="no")
+    # Weights that did not come from FastNorm.adapt have no exact state to merge into.
+    layer.set_weights([np.ones(3), np.full(3, 2.0), np.array(0)])
+    with pytest.raises(ValueError, match="changed since its last adapt"):
+        layer.adapt(x, reset_state=False)
+    plain = keras.layers.Normalization()
+    plain.adapt(x)
+    copied = FastNorm()
+    copied.build((None, 3))
+    copied.set_weights(plain.get_weights())
+    with pytest.raises(ValueError, match="not set by FastNorm.adapt"):
+        copied.adapt(x, reset_state=False)
+    copied.adapt(x)  # reset_state=True always works
+    copied.adapt(x, reset_state=False)
+    assert_stats(copied, np.concatenate([x, x]), (-1,))
+
+
+def _snapshot(layer):
+    return [np.asarray(w).copy() for w in layer.weights], layer._exact_state.state
+
+
+def _assert_unchanged(layer, snap):
+    weights_before, state_before = snap
+    for w, before in zip(layer.weights, weights_before):
+        np.testing.assert_array_equal(np.asarray(w), before)
+    assert layer._exact_state.state is state_before
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("reset_state", [True, False])
+def test_failed_or_interrupted_adapt_leaves_statistics(error, reset_state):
+    x = features((300, 3), seed=50)
+    layer = FastNorm()
+    layer.adapt(x)
+    snap = _snapshot(layer)
+
+    def halfway():
+        yield x[:100]
+        yield x[100:200]
+        raise error("stopped halfway")
+
+    with pytest.raises(error, match="halfway"):
+        layer.adapt(halfway(), reset_state=reset_state)
+    _assert_unchanged(layer, snap)
+    ds = tf.data.Dataset.from_tensor_slices(np.concatenate([x, x[:1] * np.nan])).batch(50)
+    with pytest.raises(ValueError, match="NaN"):
+        layer.adapt(ds, nan_policy="raise", reset_state=reset_state)
+    _assert_unchanged(layer, snap)
+    layer.adapt(features((50, 3), seed=51), reset_state=reset_state)  # still usable after
+    assert layer._exact_state.state is not snap[1]
+
+
+def test_interrupt_while_assigning_restores_everything(monkeypatch):
+    x = features((300, 3), seed=52)
+    layer = FastNorm()
+    layer.adapt(x)
+    snap = _snapshot(layer)
+    probe = np.asarray(layer(x[:5]))
+    real_assign = type(layer.count).assign
+
+    def interrupted(self, value):
+        if self is layer.count:  # mean and variance are already assigned by then
+            raise KeyboardInterrupt
+        return real_assign(self, value)
+
+    monkeypatch.setattr(type(layer.count), "assign", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        layer.adapt(features((100, 3), mean=5, seed=53), reset_state=False)
+    monkeypatch.undo()
+    _assert_unchanged(layer, snap)
+    np.testing.assert_array_equal(np.asarray(layer(x[:5])), probe)  # finalize_state restored
+
+
+# -- several layers from one pass (adapt_all) ----------------------------------------------------
+def _columns(n=1000, seed=60):
+    rng = np.random.default_rng(seed)
+    return {
+        "age": rng.normal(40, 12, n).astype(np.float32),
+        "income": rng.normal(5e4, 1e4, n),  # float64
+        "visits": rng.integers(0, 50, n).astype(np.int32),
+        "coords": rng.normal(1000, 10, (n, 2)).astype(np.float32),
+        "city": np.array(["paris", "oslo"] * (n // 2)),  # not normalized
+    }
+
+
+def _norms():
+    return {"age": FastNorm(axis=None), "income": FastNorm(axis=None),
+            "visits": FastNorm(axis=None), "coords": FastNorm(axis=-1)}
+
+
+def _assert_columns(norms, cols, rows=slice(None)):
+    for key, layer in norms.items():
+        assert_stats(layer, cols[key][rows], (-1,) if cols[key].ndim == 2 else ())
+
+
+def _column_sources(cols):
+    y = np.zeros(len(cols["age"]))
+    ds = tf.data.Dataset.from_tensor_slices
+    return {
+        "dataset_x_y": ds((cols, y)).batch(128),
+        "dataset_dicts": ds(cols).batch(100),
+        "dataset_unbatched": ds(cols),
+        "dataset_drop_remainder": ds(cols).batch(250, drop_remainder=True),
+        "dict_of_arrays": cols,
+        "x_y_arrays": (cols, y),
+        "generator": ({k: v[i:i + 300] for k, v in cols.items()} for i in range(0, 1000, 300)),
+        "list_x_y": [({k: v[i:i + 400] for k, v in cols.items()}, y[i:i + 400])
+                     for i in range(0, 1000, 400)],
+    }
+
+
+@pytest.mark.parametrize("kind", list(_column_sources(_columns(10))))
+def test_adapt_all_named_features(kind, tf_route):
+    cols = _columns()
+    norms = _norms()
+    adapt_all(norms, _column_sources(cols)[kind])
+    _assert_columns(norms, cols)
+    assert tuple(norms["coords"].adapt_mean.shape) == (2,)
+
+
+def test_adapt_all_reads_the_data_once(tf_route):
+    cols = _columns()
+    calls = []
+
+    def gen():
+        calls.append(1)
+        for i in range(0, 1000, 200):
+            yield {k: v[i:i + 200] for k, v in cols.items() if k != "city"}
+
+    spec = {k: tf.TensorSpec((None,) + v.shape[1:], tf.as_dtype(v.dtype))
+            for k, v in cols.items() if k != "city"}
+    norms = _norms()
+    adapt_all(norms, tf.data.Dataset.from_generator(gen, output_signature=spec))
+    assert len(calls) == 1
+    _assert_columns(norms, cols)
+
+
+def test_adapt_all_positional_features(tf_route):
+    cols = _columns()
+    a, b, c = cols["age"], cols["coords"], cols["visits"]
+    y = np.zeros(len(a))
+    for data in (tf.data.Dataset.from_tensor_slices((a, b, c)).batch(64),
+                 tf.data.Dataset.from_tensor_slices(((a, b, c), y)).batch(64),
+                 (a, b, c), ((a, b, c), y), [(a[:500], b[:500], c[:500]), (a[500:], b[500:], c[500:])]):
+        norms = {0: FastNorm(axis=None), 1: FastNorm(), -1: FastNorm(axis=None)}
+        adapt_all(norms, data)
+        assert_stats(norms[0], a, ())
+        assert_stats(norms[1], b, (-1,))
+        assert_stats(norms[-1], c, ())
+
+
+def test_adapt_all_reset_state_false_and_ragged(tf_route):
+    cols = _columns()
+    norms = _norms()
+    adapt_all(norms, {k: v[:600] for k, v in cols.items()})
+    adapt_all(norms, tf.data.Dataset.from_tensor_slices({k: v[600:] for k, v in cols.items()})
+              .batch(50), reset_state=False)
+    _assert_columns(norms, cols)
+    seq, values = _ragged(seed=61)
+    layer = FastNorm()
+    adapt_all({"events": layer}, tf.data.Dataset.from_tensor_slices({"events": seq}).batch(7))
+    assert_stats(layer, values, (-1,))
+
+
+def test_adapt_all_bad_input():
+    cols = _columns(100)
+    ds = tf.data.Dataset.from_tensor_slices(cols).batch(10)
+    for data in (ds, cols, [cols]):
+        with pytest.raises(ValueError, match="no feature 'height'"):
+            adapt_all({"age": FastNorm(axis=None), "height": FastNorm(axis=None)}, data)
+    with pytest.raises(ValueError, match="no feature 7"):
+        adapt_all({7: FastNorm(axis=None)}, (cols["age"], cols["visits"]))
+    with pytest.raises(TypeError, match="city.*dtype|dtype.*string"):
+        adapt_all({"city": FastNorm(axis=None)}, ds)
+    with pytest.raises(TypeError, match="not a FastNorm"):
+        adapt_all({"age": keras.layers.Normalization()}, ds)
+    with pytest.raises(TypeError, match="all strings"):
+        adapt_all({"age": FastNorm(), 0: FastNorm()}, ds)
+    with pytest.raises(TypeError, match="dict"):
+        adapt_all([FastNorm()], ds)
+    with pytest.raises(TypeError, match="integer keys"):
+        adapt_all({0: FastNorm()}, tf.data.Dataset.from_tensor_slices(cols["coords"]).batch(5))
+    with pytest.raises(ValueError, match="repeats forever"):
+        adapt_all({"age": FastNorm(axis=None)}, ds.repeat())
+    with pytest.raises(ValueError, match="empty"):
+        adapt_all({"age": FastNorm(axis=None)}, ds.take(0))
+    shared = FastNorm(axis=None)
+    with pytest.raises(ValueError, match="several keys"):
+        adapt_all({"age": shared, "visits": shared}, ds)
+
+
+def test_adapt_all_changes_no_layer_unless_all_succeed():
+    cols = _columns(300)
+    norms = _norms()
+    adapt_all(norms, cols)
+    snaps = {k: _snapshot(v) for k, v in norms.items()}
+    bad = dict(cols, visits=cols["visits"].astype(np.float64))
+    bad["visits"][5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        adapt_all(norms, bad, nan_policy="raise", reset_state=False)
+    for key, layer in norms.items():
+        _assert_unchanged(layer, snaps[key])
+
+    def halfway():
+        yield {k: v[:100] for k, v in cols.items()}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        adapt_all(norms, halfway())
+    for key, layer in norms.items():
+        _assert_unchanged(layer, snaps[key])
+
+
+# -- ragged sequences ---------------------------------------------------------------------------
+def _ragged(seed, n=60, inner=(4,), mean=100.0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 25, n)
+    lengths[0] = 0  # an empty sequence adds nothing
+    values = (mean + 3 * rng.standard_normal((int(lengths.sum()),) + inner)).astype(np.float32)
+    return tf.RaggedTensor.from_row_lengths(values, lengths), values
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dataset", "dataset_x_y", "unbatched_sequences",
+                                  "list_of_batches", "progress"])
+def test_ragged_sequences_reduce_their_values(kind, tf_route):
+    seq, values = _ragged(seed=62)
+    ds = tf.data.Dataset.from_tensor_slices
+    data = {
+        "tensor": seq,
+        "dataset": ds(seq).batch(8),
+        "dataset_x_y": ds((seq, np.zeros(60))).batch(16),
+        "unbatched_sequences": ds(seq),
+        "list_of_batches": [seq[:25], seq[25:]],
+        "progress": ds(seq).batch(8),
+    }[kind]
+    layer = FastNorm()
+    layer.adapt(data, progress=kind == "progress")
+    assert_stats(layer, values, (-1,))  # the real time steps only, no padding
+    out = layer(seq.to_tensor())
+    assert out.shape[-1] == 4
+
+
+def test_ragged_multi_axis_and_errors(tf_route):
+    seq, values = _ragged(seed=63, inner=(3, 2))
+    layer = FastNorm(axis=(-2, -1))
+    layer.adapt(tf.data.Dataset.from_tensor_slices(seq).batch(9))
+    assert_stats(layer, values, (1, 2))
+    layer = FastNorm(axis=None)
+    layer.adapt(seq)
+    assert_stats(layer, values, ())
+    built = FastNorm(axis=1)
+    built.build((None, 5, 4))  # keeps axis 1, which is ragged in the data
+    with pytest.raises(ValueError, match="incompatible shape|variable length"):
+        built.adapt(seq)
+    with pytest.raises(ValueError, match="already batched|ragged batches"):
+        FastNorm().adapt(tf.data.Dataset.from_tensor_slices(seq).batch(4), batch_size=3)
+    with pytest.raises(TypeError, match="dense or ragged"):
+        FastNorm().adapt(tf.sparse.from_dense(values))
+
+
+def test_reset_state_adapt_all_and_saving_under_jax(tmp_path):
+    cols = _columns(900)
+    np.savez(tmp_path / "cols.npz", **{k: v for k, v in cols.items() if k != "city"})
+    out = run_python(f"""
+        import json, sys, numpy as np
+        try:
+            import keras
+        except ImportError as exc:
+            print("SKIP", exc); raise SystemExit(0)
+        assert keras.backend.backend() == "jax"
+        from fastmoments.keras import FastNorm, adapt_all
+        cols = dict(np.load({str(tmp_path / "cols.npz")!r}))
+        a = FastNorm(dtype="float64")
+        a.adapt(cols["coords"][:400])
+        a.adapt((cols["coords"][i:i + 100] for i in range(400, 900, 100)), reset_state=False)
+        norms = {{"age": FastNorm(axis=None), "coords": FastNorm()}}
+        adapt_all(norms, {{k: cols[k][:500] for k in norms}})
+        adapt_all(norms, ({{k: cols[k][i:i + 200] for k in norms}} for i in range(500, 900, 200)),
+                  reset_state=False)
+        tf_imported = "tensorflow" in sys.modules  # before Keras saving, which may import it
+        inputs = keras.Input(shape=(2,))
+        keras.Model(inputs, a(inputs)).save({str(tmp_path / "jax.keras")!r})
+        b = keras.models.load_model({str(tmp_path / "jax.keras")!r}).layers[1]
+        b.adapt(cols["coords"][:100], reset_state=False)
+        print(json.dumps({{"tf": tf_imported,
+                          "a": [np.asarray(a.adapt_mean).tolist(), np.asarray(a.adapt_variance).tolist()],
+                          "age": [float(np.asarray(norms["age"].adapt_mean)),
+                                  float(np.asarray(norms["age"].adapt_variance))],
+                          "coords": np.asarray(norms["coords"].adapt_variance).tolist(),
+                          "b": np.asarray(b.adapt_variance).tolist()}}))
+    """, env_update={"KERAS_BACKEND": "jax"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    if out.stdout.startswith("SKIP"):
+        pytest.skip(f"Keras jax backend not importable: {out.stdout.strip()}")
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["tf"] is False
+    coords = cols["coords"]
+    mean, var = reference(coords, (-1,))
+    # JAX without x64 stores a float64 layer's weights as float32; the exact state is float64.
+    np.testing.assert_allclose(got["a"][0], mean, rtol=1e-6)
+    np.testing.assert_allclose(got["a"][1], var, rtol=1e-6)
+    np.testing.assert_allclose(got["age"], reference(cols["age"], ()), rtol=1e-6)
+    np.testing.assert_allclose(got["coords"], var, rtol=1e-6)
+    np.testing.assert_allclose(got["b"], reference(np.concatenate([coords, coords[:100]]), (-1,))[1],
+                               rtol=1e-6)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+def test_file_without_exact_state_loads_and_refuses_to_merge(tmp_path):
+    # A file saved before the exact state existed holds only the three weights.
+    x = features((300, 4), seed=70)
+    model = _adapted_model(x)
+    model.layers[1]._exact_state.state = None
+    model.save(tmp_path / "old.keras")
+    layer = keras.models.load_model(tmp_path / "old.keras").layers[1]
+    assert layer._exact_state.state is None
+    assert_stats(layer, x, (-1,))
+    with pytest.raises(ValueError, match="no exact state"):
+        layer.adapt(x, reset_state=False)
+
+
+def test_adapt_all_steps_on_a_repeated_dataset(tf_route):
+    cols = _columns(400)
+    ds = tf.data.Dataset.from_tensor_slices({k: v for k, v in cols.items() if k != "city"})
+    norms = _norms()
+    adapt_all(norms, ds.batch(100).repeat(), steps=6)  # 4 batches, then the first 2 again
+    _assert_columns(norms, {k: np.concatenate([v, v[:200]]) for k, v in cols.items()})

@@ -9,6 +9,10 @@ dataset.
 
 Arrays, memory maps, ``.npy`` paths and dask arrays go through :func:`fastmoments.compute`, which
 needs no TensorFlow: ``FastNorm`` works under every Keras backend for those inputs.
+
+``adapt(..., reset_state=False)`` merges new data into the statistics adapted before;
+:func:`adapt_all` adapts one layer per feature of dict or tuple data from one pass; ragged
+tensors are reduced over their values.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any, Iterable, Optional, Tuple
 
 import keras
@@ -27,12 +32,13 @@ from ._accumulator import Accumulator
 from ._batchnorm import BatchNormRecalibration, LayerRecalibration, recalibrate_batchnorm
 from ._checks import check_count, check_nan_policy
 from ._compute import compute
-from ._moments import Moments
+from ._moments import Moments, State
 from ._stream import paths_shape
 from ._routes import is_dask_collection
 
-__all__ = ["FastNorm", "FastNormWarning", "AUTO_PROGRESS_BYTES", "AUTO_PROGRESS_BATCHES",
-           "BatchNormRecalibration", "LayerRecalibration", "recalibrate_batchnorm"]
+__all__ = ["FastNorm", "FastNormWarning", "adapt_all", "AUTO_PROGRESS_BYTES",
+           "AUTO_PROGRESS_BATCHES", "BatchNormRecalibration", "LayerRecalibration",
+           "recalibrate_batchnorm"]
 
 # progress=None shows a bar for inputs at least this big (bytes of an array or file) ...
 AUTO_PROGRESS_BYTES = 1 << 30
@@ -63,9 +69,14 @@ def _is_tf_tensor(data: Any) -> bool:
     return tf is not None and isinstance(data, (tf.Tensor, tf.Variable))
 
 
-def _is_tf_sparse_or_ragged(data: Any) -> bool:
+def _is_tf_sparse(data: Any) -> bool:
     tf = _tf()
-    return tf is not None and isinstance(data, (tf.SparseTensor, tf.RaggedTensor))
+    return tf is not None and isinstance(data, tf.SparseTensor)
+
+
+def _is_tf_ragged(data: Any) -> bool:
+    tf = _tf()
+    return tf is not None and isinstance(data, tf.RaggedTensor)
 
 
 def _is_pandas(data: Any) -> bool:
@@ -81,9 +92,9 @@ def _to_numpy(x: Any) -> np.ndarray:
     """A NumPy view (copy only where the framework must) of one array or batch."""
     if isinstance(x, np.ndarray):
         return x
-    if _is_tf_sparse_or_ragged(x):
-        # Densifying would count the implicit zeros / padding as values.
-        raise TypeError(f"FastNorm.adapt() needs dense data; got {type(x).__name__}")
+    if _is_tf_sparse(x):
+        # Densifying would count the implicit zeros as values.
+        raise TypeError(f"FastNorm.adapt() needs dense or ragged data; got {type(x).__name__}")
     if _is_tf_tensor(x):
         if not hasattr(x, "numpy"):
             raise TypeError(
@@ -96,6 +107,36 @@ def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, keras.KerasTensor):
         raise TypeError("FastNorm.adapt() needs concrete data; got a symbolic KerasTensor")
     return np.asarray(x)
+
+
+def _values_of(x: Any) -> Tuple[np.ndarray, int]:
+    """One batch as ``(array, ragged_rank)``: a ``tf.RaggedTensor`` gives its ``flat_values``
+    (the real elements of its variable-length rows, no padding) and its ragged rank, anything
+    else its dense NumPy view and 0."""
+    if _is_tf_ragged(x):
+        return _to_numpy(x.flat_values), int(x.ragged_rank)
+    return _to_numpy(x), 0
+
+
+def _flat_keep(keep: Tuple[int, ...], ragged_rank: int) -> Tuple[int, ...]:
+    """Kept axes of a ragged batch ``(batch, ragged..., uniform...)`` as axes of its
+    ``flat_values`` ``(values, uniform...)``: only uniform axes can keep statistics."""
+    if not ragged_rank:
+        return tuple(keep)
+    if any(k <= ragged_rank for k in keep):
+        raise ValueError(
+            f"FastNorm.adapt(): axes {tuple(keep)} keep an axis of ragged data that is the batch "
+            f"axis or has variable length (ragged rank {ragged_rank}); only the uniform inner "
+            f"axes (from {ragged_rank + 1} on) can keep statistics"
+        )
+    return tuple(k - ragged_rank for k in keep)
+
+
+def _shape_of(x: Any) -> Tuple[Optional[int], ...]:
+    shape = x.shape
+    if hasattr(shape, "as_list"):  # tf.TensorShape (ragged dimensions are None)
+        shape = shape.as_list()
+    return tuple(None if d is None else int(d) for d in shape)
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -138,11 +179,15 @@ def _want_progress(progress: Optional[bool], big: bool) -> bool:
 class _ArraySource:
     """An ndarray, memmap, ``.npy`` path, eager tensor or dask array: one ``compute`` call."""
 
-    def __init__(self, data: Any, shape: Tuple[Optional[int], ...], nbytes: Optional[int]):
+    def __init__(self, data: Any, shape: Tuple[Optional[int], ...], nbytes: Optional[int],
+                 ragged_rank: int = 0):
+        # For ragged data, ``data`` is its flat values and ``shape`` the ragged shape.
         self.data, self.input_shape, self.nbytes = data, shape, nbytes
+        self.ragged_rank = ragged_rank
 
     def moments(self, keep, nan_policy, progress) -> Moments:
-        shape = self.input_shape
+        keep = _flat_keep(keep, self.ragged_rank)
+        shape = self.input_shape if not self.ragged_rank else self.data.shape
         reduced = [shape[i] for i in range(len(shape)) if i not in keep]
         if any(n == 0 for n in reduced):
             raise ValueError(f"FastNorm.adapt() received empty data: shape {tuple(shape)}")
@@ -171,15 +216,26 @@ class _DatasetSource:
                  built_rank: Optional[int]):
         tf = _tf()
         spec = _extract_x(dataset.element_spec)
-        if not isinstance(spec, tf.TensorSpec):
+        if not isinstance(spec, (tf.TensorSpec, tf.RaggedTensorSpec)):
             raise TypeError(
                 "FastNorm.adapt() needs dataset elements x, (x, y) or (x, y, w) with x a dense "
-                f"tensor; got element_spec {dataset.element_spec!r}"
+                f"tensor (or a ragged one); got element_spec {dataset.element_spec!r}"
             )
         shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else None
         if shape is None:
             raise ValueError("FastNorm.adapt() needs a dataset whose elements have a known rank")
-        batched = self._is_batched(shape, built_rank)
+        self.ragged_rank = 0
+        if isinstance(spec, tf.RaggedTensorSpec):
+            if spec.ragged_rank == 0:  # one variable-length sequence per element: a dense tensor
+                dataset = dataset.map(lambda *e: _dense_x(e))
+            else:  # batches of variable-length sequences: their values, without padding
+                self.ragged_rank = int(spec.ragged_rank)
+        batched = self._is_batched(shape, built_rank) or self.ragged_rank > 0
+        if self.ragged_rank and batch_size is not None:
+            raise ValueError(
+                "batch_size applies to arrays and unbatched datasets; this dataset holds ragged "
+                f"batches (elements of shape {shape})"
+            )
         if batch_size is not None:
             if batched:
                 raise ValueError(
@@ -216,6 +272,17 @@ class _DatasetSource:
     def moments(self, keep, nan_policy, progress) -> Moments:
         from . import tf as fm_tf
 
+        if self.ragged_rank:
+            flat = _flat_keep(keep, self.ragged_rank)
+            ds = self.dataset if self.steps is None else self.dataset.take(self.steps)
+            if progress:
+                ds = ds.map(lambda *e: _extract_x(e if len(e) > 1 else e[0]).flat_values)
+                n = int(ds.cardinality())
+                return _IterableSource(ds, None, n if n >= 0 else None).moments(
+                    flat, nan_policy, progress)
+            # The loop takes x's flat values itself: no map to trace per call.
+            path = (0,) if isinstance(ds.element_spec, tuple) else ()
+            return fm_tf._reduce_batches(ds, [flat], nan_policy, 0, paths=[path])[0]
         if progress:
             # The graph reduction shows no bar: read the elements here (same kernel per batch,
             # states merged exactly by the Accumulator).
@@ -259,13 +326,12 @@ class _IterableSource:
                 "one batch of data"
             )
         first_x = _extract_x(first)
-        shape = getattr(first_x, "shape", None)
-        if shape is None:
+        if getattr(first_x, "shape", None) is None:
             raise TypeError(
                 "FastNorm.adapt() expects batches that are arrays or tensors with a `.shape` "
                 f"attribute; got {type(first_x).__name__}"
             )
-        self.input_shape = tuple(None if d is None else int(d) for d in shape)
+        self.input_shape = _shape_of(first_x)
         self.length = length
         self._batches = itertools.chain([first], batches)
 
@@ -273,41 +339,78 @@ class _IterableSource:
         bar = None
         if _want_progress(progress, (self.length or 0) >= AUTO_PROGRESS_BATCHES):
             bar = _Progress(None)
-        acc = Accumulator(axis=tuple(keep) if keep else None, nan_policy=nan_policy)
-        ref = self.input_shape
+        reducer = _BatchReducer(keep, self.input_shape, nan_policy)
         samples = nbytes = 0
         try:
             for element in self._batches:
-                x = _to_numpy(_extract_x(element))
-                if x.ndim != len(ref) or any(x.shape[d] != ref[d] for d in keep):
-                    raise ValueError(
-                        "FastNorm.adapt() yielded a batch with incompatible shape: expected "
-                        f"{ref} (axes {tuple(keep)} fixed), got {x.shape}"
-                    )
-                if x.size == 0:
-                    continue
-                acc.update(x)
-                samples += x.shape[0] if x.ndim else 1
-                nbytes += x.nbytes
+                rows, size = reducer.add(_extract_x(element))
+                samples, nbytes = samples + rows, nbytes + size
                 if bar is not None:
                     bar.update(samples, nbytes)
         finally:
             if bar is not None:
                 bar.close()
-        if acc.empty:
+        return reducer.result()
+
+
+class _BatchReducer:
+    """One feature's statistics over batches read in Python: each batch is checked against the
+    first one's shape, reduced by the kernel (a ragged batch: its flat values) and merged
+    exactly by an :class:`~fastmoments.Accumulator`."""
+
+    def __init__(self, keep: Tuple[int, ...], input_shape: Tuple[Optional[int], ...],
+                 nan_policy: str):
+        self.keep, self.input_shape, self.nan_policy = tuple(keep), input_shape, nan_policy
+        self._acc: Optional[Accumulator] = None
+        self._ragged_rank: Optional[int] = None
+
+    def add(self, x: Any) -> Tuple[int, int]:
+        """Adds one batch; returns its rows and bytes."""
+        values, ragged_rank = _values_of(x)
+        shape = _shape_of(x) if ragged_rank else values.shape
+        ref, keep = self.input_shape, self.keep
+        first_ragged_rank = ragged_rank if self._ragged_rank is None else self._ragged_rank
+        if (len(shape) != len(ref) or any(shape[d] != ref[d] for d in keep)
+                or ragged_rank != first_ragged_rank):
+            raise ValueError(
+                "FastNorm.adapt() yielded a batch with incompatible shape: expected "
+                f"{ref} (axes {keep} fixed), got {tuple(shape)}"
+            )
+        if values.size == 0:
+            return 0, 0
+        if self._acc is None:
+            flat = _flat_keep(keep, ragged_rank)
+            self._ragged_rank = ragged_rank
+            self._acc = Accumulator(axis=flat if flat else None, nan_policy=self.nan_policy)
+        self._acc.update(values)
+        return (shape[0] if len(shape) else 1), values.nbytes
+
+    def result(self) -> Moments:
+        if self._acc is None or self._acc.empty:
             raise ValueError("FastNorm.adapt() received empty data: every batch had no values")
-        return acc.result()
+        return self._acc.result()
+
+
+def _dense_x(element: Tuple[Any, ...]) -> Any:
+    """``x`` of a dataset element given as ``map``'s arguments, as a dense tensor (a ragged
+    tensor of ragged rank 0 is one)."""
+    x = _extract_x(element if len(element) > 1 else element[0])
+    return x.flat_values if _is_tf_ragged(x) else x
 
 
 def _source(data: Any, batch_size: Optional[int], steps: Optional[int],
             built_rank: Optional[int]):
     """Which reader ``data`` goes to, with its (batched) input shape."""
-    if _is_tf_sparse_or_ragged(data):
-        raise TypeError(f"FastNorm.adapt() needs dense data; got {type(data).__name__}")
+    if _is_tf_sparse(data):
+        raise TypeError(f"FastNorm.adapt() needs dense or ragged data; got {type(data).__name__}")
     array_like = (isinstance(data, (np.ndarray, str, os.PathLike)) or is_dask_collection(data)
-                  or _is_tf_tensor(data) or keras.ops.is_tensor(data) or _is_pandas(data))
+                  or _is_tf_tensor(data) or keras.ops.is_tensor(data) or _is_pandas(data)
+                  or _is_tf_ragged(data))
     if array_like and steps is not None:
         raise ValueError("steps applies to datasets and iterables of batches, not to arrays")
+    if _is_tf_ragged(data):
+        values, ragged_rank = _values_of(data)
+        return _ArraySource(values, _shape_of(data), values.nbytes, ragged_rank)
     if isinstance(data, np.ndarray):
         return _ArraySource(data, data.shape, data.nbytes)
     if isinstance(data, (str, os.PathLike)):
@@ -336,6 +439,53 @@ def _source(data: Any, batch_size: Optional[int], steps: Optional[int],
     )
 
 
+def _check_reset_state(reset_state: Any) -> bool:
+    if not isinstance(reset_state, (bool, np.bool_)):
+        raise TypeError(f"reset_state must be True or False, got {reset_state!r}")
+    return bool(reset_state)
+
+
+try:  # the base of what Keras saving walks into (layers, optimizers, metrics)
+    from keras.src.saving.keras_saveable import KerasSaveable as _Saveable
+except ImportError:  # pragma: no cover - a Keras without it keeps the exact state in memory only
+    _Saveable = object
+
+
+class _ExactState(_Saveable):
+    """The exact statistics (:class:`~fastmoments._moments.State`) behind a FastNorm's weights.
+
+    Keras saving (``.keras``, ``save_weights``) stores it as a child of the layer; it is not a
+    layer and holds no variables, so the layer's weights stay ``Normalization``'s three, and
+    Keras without fastmoments (a ``Normalization`` subclass standing in) skips this entry."""
+
+    def __init__(self, state: Optional[State] = None):
+        self.state = state
+
+    def _obj_type(self) -> str:
+        # Keras saving accepts a fixed set of kinds; "Loss" is a plain one, walked for
+        # attributes only (this object has no saveable attributes).
+        return "Loss"
+
+    def save_own_variables(self, store) -> None:
+        if self.state is not None:
+            for name, part in zip(State._fields, self.state):
+                store[name] = np.asarray(part)
+
+    def load_own_variables(self, store) -> None:
+        names = set(store.keys())
+        if not names:  # saved before adapt, or by a FastNorm without the exact state
+            self.state = None
+            return
+        if names != set(State._fields):
+            raise ValueError(f"FastNorm's saved exact state holds {sorted(names)}, expected "
+                             f"{list(State._fields)}")
+        self.state = State.of([np.asarray(store[name]) for name in State._fields])
+
+    def __reduce__(self):
+        # A plain object for copy and pickle (KerasSaveable pickles whole models).
+        return (_ExactState, (self.state,))
+
+
 @keras.saving.register_keras_serializable(package="fastmoments")
 class FastNorm(keras.layers.Normalization):
     """``keras.layers.Normalization`` with an exact, fast ``adapt``.
@@ -344,10 +494,24 @@ class FastNorm(keras.layers.Normalization):
     and outputs); see ``keras.layers.Normalization`` for ``axis``, ``mean``, ``variance`` and
     ``invert``. Saved models refer to it as ``"fastmoments>FastNorm"``; an exported SavedModel
     (``model.export``) contains plain TensorFlow ops and serves without fastmoments.
+
+    Beside the three weights, the layer keeps the exact state of its last ``adapt`` (count, mean,
+    m2 and mean residual per feature) for ``adapt(..., reset_state=False)``; ``.keras`` files and
+    ``save_weights`` store it as a separate entry, which plain Keras skips. Keras names a
+    layer's weights in the file after its class, so without fastmoments a ``.keras`` file loads
+    with a stand-in ``class FastNorm(keras.layers.Normalization): pass`` passed as
+    ``custom_objects={"fastmoments>FastNorm": FastNorm}``.
     """
 
-    def adapt(self, data, batch_size=None, steps=None, *, nan_policy="propagate", progress=None):
-        """Sets the layer's mean and variance to those of ``data``, computed exactly.
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The exact statistics behind adapt_mean/adapt_variance, for reset_state=False.
+        self._exact_state = _ExactState()
+
+    def adapt(self, data, batch_size=None, steps=None, *, nan_policy="propagate", progress=None,
+              reset_state=True):
+        """Sets the layer's mean and variance to those of ``data`` (or, with
+        ``reset_state=False``, of the data adapted before and ``data`` together), exactly.
 
         Parameters
         ----------
@@ -363,6 +527,10 @@ class FastNorm(keras.layers.Normalization):
               rows (as in Keras) and others are batches, unless the built layer's rank says
               otherwise.
             * ``keras.utils.PyDataset``, lists and generators of batches (``x`` or tuples).
+            * ``tf.RaggedTensor`` data, datasets and batches (variable-length sequences, e.g.
+              ``(sequences, None, features)`` with ``axis=-1``): the statistics of their values
+              (``flat_values``), the real time steps without padding. Only the uniform inner
+              axes can keep statistics.
         batch_size : int, optional
             Only for an unbatched ``tf.data.Dataset``: read it in batches of this size. Arrays
             are reduced in place whatever it is; ``ValueError`` for other inputs.
@@ -379,12 +547,23 @@ class FastNorm(keras.layers.Normalization):
             ``AUTO_PROGRESS_BATCHES`` (1000) batches. A ``tf.data`` dataset is reduced in
             graph mode without a bar unless ``progress=True``, which reads it batch by batch
             from Python instead (same kernel and results, some Python per batch).
+        reset_state : bool, default True
+            ``False`` merges the statistics of ``data`` into those adapted before (Chan's
+            merge of the exact states, :meth:`fastmoments.Moments.merge`): the result is that
+            of one ``adapt`` on the concatenation of all the data, to rounding. The layer keeps
+            the exact state (count, mean, m2, mean residual per feature) beside its weights and
+            in ``.keras`` files and ``save_weights``, so this also works after loading. A layer
+            never adapted starts from no data. Each call's ``nan_policy`` applies to its own
+            data.
 
         Raises
         ------
         ValueError
             Empty data; data whose kept axes do not match the built layer; a repeating
-            dataset without ``steps``; a layer constructed with ``mean``/``variance``.
+            dataset without ``steps``; a layer constructed with ``mean``/``variance``;
+            ``reset_state=False`` on a layer whose mean and variance were not set by
+            ``FastNorm.adapt`` (``set_weights``, a file saved without the exact state, or
+            changed since). A failed or interrupted ``adapt`` leaves the layer as it was.
         TypeError
             Inputs of an unsupported type or dtype.
 
@@ -401,48 +580,119 @@ class FastNorm(keras.layers.Normalization):
         steps = check_count("steps", steps)
         if progress is not None and not isinstance(progress, (bool, np.bool_)):
             raise TypeError(f"progress must be True, False or None (auto), got {progress!r}")
+        reset_state = _check_reset_state(reset_state)
+        self._check_adaptable()
+        source = _source(data, batch_size, steps, self._built_rank())
+        self._build_for(tuple(source.input_shape), reset_state)
+        previous = None if reset_state else self._previous_state()
+        moments = source.moments(self._keep_axis, nan_policy, progress)
+        self._set_statistics(self._merged(previous, moments))
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _check_adaptable(self) -> None:
         if self.input_mean is not None:
             raise ValueError(
                 "this FastNorm was constructed with mean= and variance=; adapt() applies only "
                 "to a layer constructed without them"
             )
-        built_rank = len(self._build_input_shape) if self.built and self._build_input_shape \
-            else None
-        source = _source(data, batch_size, steps, built_rank)
-        self._build_for(tuple(source.input_shape))
-        moments = source.moments(self._keep_axis, nan_policy, progress)
-        self._set_statistics(moments)
 
-    # -- helpers -----------------------------------------------------------------------------
-    def _build_for(self, input_shape: Tuple[Optional[int], ...]) -> None:
+    def _built_rank(self) -> Optional[int]:
+        return len(self._build_input_shape) if self.built and self._build_input_shape else None
+
+    def _build_for(self, input_shape: Tuple[Optional[int], ...], reset_state: bool = True) -> None:
         if not self.built:
             self.build(input_shape)
             return
         built = tuple(self._build_input_shape)
         if len(input_shape) != len(built) or any(input_shape[d] != built[d]
                                                  for d in self._keep_axis):
+            what = "" if reset_state else " (reset_state=False cannot merge statistics of another shape)"
             raise ValueError(
                 f"The layer was built with input_shape={built}, but adapt() is being called "
-                f"with data with an incompatible shape, data.shape={input_shape}"
+                f"with data with an incompatible shape, data.shape={input_shape}{what}"
             )
 
-    def _set_statistics(self, moments: Moments) -> None:
+    def _weights_of(self, state: State) -> Tuple[np.ndarray, np.ndarray]:
+        """``adapt_mean`` and ``adapt_variance`` (population variance) of an exact state, in the
+        variables' dtypes."""
         shape = tuple(self._mean_and_var_shape)
-        count = np.asarray(moments.count, dtype=np.int64)
-        if moments.shape != shape:
-            raise ValueError(f"statistics of shape {moments.shape} do not fit the layer's {shape}")
-        if np.all(count == 0):
-            raise ValueError("FastNorm.adapt() received empty data (no values to normalize with)")
-        mean = np.asarray(moments.mean, dtype=np.float64)
+        count = state.count
         with np.errstate(invalid="ignore", divide="ignore"):
-            variance = np.where(count > 0, np.asarray(moments.m2, dtype=np.float64)
-                                / np.maximum(count, 1), np.nan)
-        self._warn_degenerate(mean, variance)
-        self.adapt_mean.assign(mean.reshape(shape).astype(self.adapt_mean.dtype))
-        self.adapt_variance.assign(variance.reshape(shape).astype(self.adapt_variance.dtype))
+            variance = np.where(count > 0, state.m2 / np.maximum(count, 1), np.nan)
+        mean = np.asarray(state.mean, np.float64).reshape(shape)
+        return (mean.astype(self.adapt_mean.dtype),
+                np.asarray(variance).reshape(shape).astype(self.adapt_variance.dtype))
+
+    def _previous_state(self) -> State:
+        """The exact state that ``reset_state=False`` merges into: ``ValueError`` unless the
+        layer's weights are what its last ``adapt`` set (or those of a layer never adapted)."""
+        shape = tuple(self._mean_and_var_shape)
+        mean, variance = np.asarray(self.adapt_mean), np.asarray(self.adapt_variance)
+        state = self._exact_state.state
+        if state is None:
+            if np.all(mean == 0) and np.all(variance == 1):  # the initial weights: no data yet
+                return State.empty(shape)
+            raise ValueError(
+                "adapt(reset_state=False): this layer's mean and variance were not set by "
+                "FastNorm.adapt (set_weights, adapted by keras Normalization, or loaded from a "
+                "file saved without fastmoments' exact state), so there is no exact state to "
+                "merge into; adapt once with reset_state=True first"
+            )
+        if state.shape != shape:
+            raise ValueError(f"adapt(reset_state=False): the layer's exact state has shape "
+                             f"{state.shape}, its weights {shape}")
+        want_mean, want_variance = self._weights_of(state)
+        # Compared in the dtype the backend stores (JAX without x64 keeps float64 as float32).
+        if not (np.array_equal(want_mean.astype(mean.dtype), mean, equal_nan=True)
+                and np.array_equal(want_variance.astype(variance.dtype), variance, equal_nan=True)):
+            raise ValueError(
+                "adapt(reset_state=False): the layer's mean or variance changed since its last "
+                "adapt (assigned or set_weights), so they no longer match the exact state to "
+                "merge into; adapt with reset_state=True"
+            )
+        return state
+
+    @staticmethod
+    def _merged(previous: Optional[State], moments: Moments) -> State:
+        new = State(*(np.array(a, copy=True) for a in moments.state))
+        return new if previous is None else previous.merge(new)  # the one Chan merge
+
+    def _check_statistics(self, state: State) -> None:
+        shape = tuple(self._mean_and_var_shape)
+        if state.shape != shape:
+            raise ValueError(f"statistics of shape {state.shape} do not fit the layer's {shape}")
+        if np.all(state.count == 0):
+            raise ValueError("FastNorm.adapt() received empty data (no values to normalize with)")
+
+    def _set_statistics(self, state: State) -> None:
+        """Sets the weights and the exact state from ``state``, all or nothing: an exception or
+        KeyboardInterrupt while assigning restores the previous ones."""
+        self._check_statistics(state)
+        mean, variance = self._weights_of(state)
+        self._warn_degenerate(np.asarray(mean, np.float64), np.asarray(variance, np.float64))
         # Normalization leaves count at 0; record the values per feature (clipped to the dtype).
         limit = np.iinfo(np.dtype(self.count.dtype)).max
-        self.count.assign(np.asarray(min(int(count.max()), limit), dtype=self.count.dtype))
+        count = np.asarray(min(int(state.count.max()), limit), dtype=self.count.dtype)
+        snapshot = self._snapshot()
+        try:
+            self.adapt_mean.assign(mean)
+            self.adapt_variance.assign(variance)
+            self.count.assign(count)
+            self._exact_state.state = state
+            self.finalize_state()
+        except BaseException:
+            self._restore(snapshot)
+            raise
+
+    def _snapshot(self) -> tuple:
+        return (tuple(np.asarray(v).copy() for v in (self.adapt_mean, self.adapt_variance,
+                                                     self.count)), self._exact_state.state)
+
+    def _restore(self, snapshot: tuple) -> None:
+        values, state = snapshot
+        for var, value in zip((self.adapt_mean, self.adapt_variance, self.count), values):
+            var.assign(value)
+        self._exact_state.state = state
         self.finalize_state()
 
     def _warn_degenerate(self, mean: np.ndarray, variance: np.ndarray) -> None:
@@ -469,3 +719,240 @@ class FastNorm(keras.layers.Normalization):
                 f"scaled by {1 / eps:.0e}. Set those variances to 1 or drop the features.",
                 FastNormWarning, stacklevel=3,
             )
+
+
+# -- several layers from one pass ------------------------------------------------------------
+def _feature_container(element: Any, named: bool) -> Any:
+    """The features of one element (or element spec): a dict (named features) or a tuple
+    (positional ones); of ``(features, y)`` / ``(features, y, w)`` elements, ``features``."""
+    path = _container_path(element, named)
+    return element[0] if path else element
+
+
+def _container_path(element: Any, named: bool) -> Tuple[int, ...]:
+    """Where :func:`_feature_container` finds the features: ``()`` or ``(0,)``."""
+    if isinstance(element, Mapping):
+        return ()
+    if isinstance(element, (tuple, list)) and len(element) > 0:
+        first = element[0]
+        if isinstance(first, Mapping) or (isinstance(first, (tuple, list)) and 2 <= len(element) <= 3):
+            return (0,)
+        if not named:
+            return ()
+    raise TypeError(
+        "adapt_all() needs data whose elements are a dict of features (string keys), a tuple of "
+        "features (integer keys), or (features, y[, w]); got "
+        f"{type(element).__name__} elements for {'string' if named else 'integer'} keys"
+    )
+
+
+def _feature(container: Any, key: Any) -> Any:
+    """Feature ``key`` of a container, or ``ValueError`` naming the missing key."""
+    if isinstance(container, Mapping):
+        if key in container:
+            return container[key]
+        raise ValueError(f"adapt_all(): the data has no feature {key!r}; its features are "
+                         f"{sorted(map(str, container))}")
+    if isinstance(key, int) and -len(container) <= key < len(container):
+        return container[key]
+    raise ValueError(f"adapt_all(): the data has no feature {key!r}; its elements hold "
+                     f"{len(container)} positional features")
+
+
+def _check_layers(layers: Any) -> Tuple[list, bool]:
+    if not isinstance(layers, Mapping):
+        raise TypeError("adapt_all() takes a dict {feature key: FastNorm}, got "
+                        f"{type(layers).__name__}")
+    if not layers:
+        raise ValueError("adapt_all() got no layers to adapt")
+    keys = list(layers)
+    named = all(isinstance(k, str) for k in keys)
+    positional = all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in keys)
+    if not (named or positional):
+        raise TypeError(f"adapt_all() keys must be all strings (dict features) or all integers "
+                        f"(tuple positions), got {keys!r}")
+    for key, layer in layers.items():
+        if not isinstance(layer, FastNorm):
+            raise TypeError(f"adapt_all(): layers[{key!r}] is a {type(layer).__name__}, not a "
+                            "FastNorm")
+        layer._check_adaptable()
+    if len({id(layer) for layer in layers.values()}) != len(layers):
+        raise ValueError("adapt_all(): one FastNorm appears under several keys")
+    return ([k if named else int(k) for k in keys]), named
+
+
+def _dataset_features(layers: Mapping, keys: list, named: bool, dataset: Any,
+                      batch_size: Optional[int], steps: Optional[int],
+                      reset_state: bool, nan_policy: str) -> list:
+    """Every keyed feature of a ``tf.data`` dataset from one graph-mode pass."""
+    tf = _tf()
+    from . import tf as fm_tf
+
+    if steps is not None:
+        dataset = dataset.take(steps)
+    cardinality = int(dataset.cardinality())
+    if cardinality == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError("adapt_all() got a dataset that repeats forever; pass steps= (the "
+                         "number of elements to read) or drop .repeat()")
+    if cardinality == 0:
+        raise ValueError("adapt_all() received an empty dataset (cardinality 0)")
+    specs = {}
+    for key in keys:
+        spec = _feature(_feature_container(dataset.element_spec, named), key)
+        if not isinstance(spec, (tf.TensorSpec, tf.RaggedTensorSpec)) or spec.shape.rank is None:
+            raise TypeError(f"adapt_all(): feature {key!r} must be a dense or ragged tensor of "
+                            f"known rank, got {spec!r}")
+        try:
+            fm_tf._check_dtype(spec.dtype)
+        except TypeError as exc:
+            raise TypeError(f"adapt_all(): feature {key!r}: {exc}") from None
+        specs[key] = spec
+    # Batches or rows, for all features at once: scalar features are rows; features whose
+    # leading dimensions are all unknown are batches; else FastNorm.adapt's reading of each
+    # feature, and batches where that differs between features of one leading dimension.
+    leading = {s.shape[0] if s.shape.rank else "scalar" for s in specs.values()}
+    votes = {isinstance(s, tf.RaggedTensorSpec) and s.ragged_rank > 0
+             or _DatasetSource._is_batched(tuple(s.shape.as_list()), layers[k]._built_rank())
+             for k, s in specs.items()}
+    if "scalar" in leading:
+        batched = False
+    elif leading == {None} or len(votes) == 1:
+        batched = leading == {None} or votes.pop()
+    elif len(leading) == 1:
+        batched = True
+    else:
+        raise ValueError("adapt_all(): cannot tell whether the dataset's elements are batches "
+                         f"(features of leading dimensions {sorted(map(str, leading))}); batch it")
+    if batched and batch_size is not None:
+        raise ValueError("batch_size applies to unbatched datasets; this dataset is already batched")
+    if not batched:
+        row_bytes = sum(max(1, int(np.prod([d or 1 for d in s.shape.as_list()]))) * s.dtype.size
+                        for s in specs.values())
+        dataset = dataset.batch(batch_size or int(min(65536, max(64, (1 << 20) // row_bytes))))
+    batch_specs = {k: _feature(_feature_container(dataset.element_spec, named), k) for k in keys}
+    ragged = {k: int(s.ragged_rank) if isinstance(s, tf.RaggedTensorSpec) else 0
+              for k, s in batch_specs.items()}
+    keeps, previous = [], []
+    for key in keys:
+        layer = layers[key]
+        layer._build_for(tuple(batch_specs[key].shape.as_list()), reset_state)
+        previous.append(None if reset_state else layer._previous_state())
+        if 0 in layer._keep_axis:
+            raise ValueError(f"adapt_all(): the layer for {key!r} keeps axis 0, the batch axis")
+        keeps.append(_flat_keep(layer._keep_axis, ragged[key]))
+
+    # The loop picks each feature (and a ragged one's flat values) itself: no map to trace.
+    prefix = _container_path(dataset.element_spec, named)
+    moments = fm_tf._reduce_batches(dataset, keeps, nan_policy, 0,
+                                    paths=[prefix + (key,) for key in keys])
+    return [(layers[k], p, m) for k, p, m in zip(keys, previous, moments)]
+
+
+def _iterable_features(layers: Mapping, keys: list, named: bool, data: Any,
+                       steps: Optional[int], reset_state: bool, nan_policy: str) -> list:
+    """Every keyed feature of an iterable of batches (PyDataset, list, generator), read once."""
+    if isinstance(data, keras.utils.PyDataset) and data.num_batches is None and steps is None:
+        raise ValueError("adapt_all() got an infinite PyDataset (num_batches is None); pass steps=")
+    elements = iter(data)
+    if steps is not None:
+        elements = itertools.islice(elements, steps)
+    first = next(elements, None)
+    if first is None:
+        raise ValueError("adapt_all() received an empty iterable (no batches)")
+    container = _feature_container(first, named)
+    reducers, previous = [], []
+    for key in keys:
+        x = _feature(container, key)
+        if getattr(x, "shape", None) is None:
+            raise TypeError(f"adapt_all(): feature {key!r} must be an array or tensor with a "
+                            f"`.shape`, got {type(x).__name__}")
+        shape = _shape_of(x)
+        layers[key]._build_for(shape, reset_state)
+        previous.append(None if reset_state else layers[key]._previous_state())
+        reducers.append(_BatchReducer(layers[key]._keep_axis, shape, nan_policy))
+    for element in itertools.chain([first], elements):
+        container = _feature_container(element, named)
+        for key, reducer in zip(keys, reducers):
+            reducer.add(_feature(container, key))
+    return [(layers[k], p, r.result()) for k, p, r in zip(keys, previous, reducers)]
+
+
+def adapt_all(layers, data, batch_size=None, steps=None, *, nan_policy="propagate",
+              reset_state=True) -> None:
+    """Adapts several :class:`FastNorm` layers, one per feature, from one pass over ``data``.
+
+    Where ``keras.utils.FeatureSpace`` (and a loop of ``Normalization.adapt`` calls) reads the
+    whole dataset once per normalized feature, this reads it once for all of them: each batch's
+    features are reduced by the kernel and merged exactly, in one graph-mode loop for a
+    ``tf.data`` dataset.
+
+    Parameters
+    ----------
+    layers : dict
+        ``{key: FastNorm}``: string keys name the features of dict elements, integer keys the
+        positions in tuple elements.
+    data : tf.data.Dataset, dict or tuple of arrays, PyDataset, list or generator of batches
+        Elements (batches) whose features are a dict or a tuple, or ``(features, y)`` /
+        ``(features, y, w)`` (the features, as Keras reads ``x``). A dict (or tuple) of arrays
+        is read feature by feature, each array once, as :meth:`FastNorm.adapt` reads it.
+        Features may be ``tf.RaggedTensor`` (their values are reduced).
+    batch_size, steps, nan_policy, reset_state :
+        As in :meth:`FastNorm.adapt`, for every layer.
+
+    Raises
+    ------
+    ValueError
+        A key the data lacks (named in the message), empty data, shapes that do not fit a
+        built layer, and the other errors of :meth:`FastNorm.adapt`. No layer changes unless
+        every layer's statistics were computed (an error or interrupt changes none).
+    TypeError
+        ``layers`` is not a dict of FastNorm, keys of mixed kinds, data of another kind.
+
+    Examples
+    --------
+    >>> norms = {"age": FastNorm(axis=None), "income": FastNorm(axis=None)}  # doctest: +SKIP
+    >>> adapt_all(norms, train_ds)  # ({"age": ..., "income": ..., ...}, label)  # doctest: +SKIP
+    """
+    check_nan_policy(nan_policy)
+    batch_size = check_count("batch_size", batch_size)
+    steps = check_count("steps", steps)
+    reset_state = _check_reset_state(reset_state)
+    keys, named = _check_layers(layers)
+    if named and isinstance(data, tuple) and data and isinstance(data[0], Mapping):
+        data = data[0]  # (x, y) arrays with x a dict
+    if isinstance(data, Mapping) or (isinstance(data, tuple) and not named):
+        if isinstance(data, tuple) and data and isinstance(data[0], tuple):
+            data = data[0]  # (x, y) arrays with x a tuple
+        container = _feature_container(data, named) if isinstance(data, Mapping) else data
+        results = []
+        for key in keys:
+            layer = layers[key]
+            source = _source(_feature(container, key), batch_size, steps, layer._built_rank())
+            layer._build_for(tuple(source.input_shape), reset_state)
+            previous = None if reset_state else layer._previous_state()
+            results.append((layer, previous, source.moments(layer._keep_axis, nan_policy, False)))
+    elif _is_tf_dataset(data):
+        results = _dataset_features(layers, keys, named, data, batch_size, steps, reset_state,
+                                    nan_policy)
+    elif batch_size is not None:
+        raise ValueError("batch_size applies to arrays and unbatched tf.data datasets; iterables "
+                         "and PyDatasets yield their own batches")
+    elif isinstance(data, keras.utils.PyDataset) or (hasattr(data, "__iter__")
+                                                      and not isinstance(data, (str, bytes))):
+        results = _iterable_features(layers, keys, named, data, steps, reset_state, nan_policy)
+    else:
+        raise TypeError(f"adapt_all() cannot read {type(data).__name__}; it reads tf.data "
+                        "datasets, dicts or tuples of arrays, PyDatasets and iterables of batches")
+    merged = [(layer, FastNorm._merged(previous, moments)) for layer, previous, moments in results]
+    for layer, state in merged:  # every check before any layer changes
+        layer._check_statistics(state)
+    done = []
+    try:
+        for layer, state in merged:
+            snapshot = layer._snapshot()
+            layer._set_statistics(state)
+            done.append((layer, snapshot))
+    except BaseException:
+        for layer, snapshot in reversed(done):
+            layer._restore(snapshot)
+        raise

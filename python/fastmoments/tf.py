@@ -453,27 +453,34 @@ def _row_batch_size(spec: tf.TensorSpec) -> int:
     return int(min(hi, max(lo, _ROW_BATCH_BYTES // row_bytes)))
 
 
-# One traced loop per (kept axes, nan_omit, threads, op or fallback); tf.function retraces it per
-# dataset element signature, not per dataset.
+# One traced loop per (kept axes and path of each feature, nan_omit, threads, op or fallback);
+# tf.function retraces it per dataset element signature, not per dataset.
 _LOOPS: Dict[Tuple[Any, ...], Any] = {}
 
 
-def _dataset_loop(keep: Tuple[int, ...], nan_omit: bool, threads: int, use_op: bool):
-    key = (keep, nan_omit, threads, use_op)
+def _dataset_loop(keeps: Tuple[Tuple[int, ...], ...], paths: Optional[Tuple[Tuple[Any, ...], ...]],
+                  nan_omit: bool, threads: int, use_op: bool):
+    """A traced loop reducing dataset elements that are one tensor (``len(keeps) == 1``) or a
+    tuple of tensors, one state per tensor: several features from one pass over the data. With
+    ``paths``, feature ``i`` is ``element[p0][p1]...`` for ``paths[i]`` (dict keys, tuple
+    positions), picked inside the loop (no ``Dataset.map`` to trace per call). A ragged feature
+    is reduced over its ``flat_values`` (``keeps`` then count in those)."""
+    key = (keeps, paths, nan_omit, threads, use_op)
     if key in _LOOPS:
         return _LOOPS[key]
-    keep_list = list(keep)
+    keep_lists = [list(k) for k in keeps]
+    width = len(STATE_FIELDS) + 1  # a state and its count of values seen
     if use_op:
         ops = _ops()
 
-        def batch_state(x):
-            return _op_state(ops, x, keep_list, nan_omit, threads)
+        def batch_state(x, keep):
+            return _op_state(ops, x, keep, nan_omit, threads)
 
         def merge(a, b):
             return _op_merge(ops, a, b)
     else:
-        def batch_state(x):
-            return _fallback_state(x, keep_list, nan_omit, threads)
+        def batch_state(x, keep):
+            return _fallback_state(x, keep, nan_omit, threads)
 
         merge = _fallback_merge
 
@@ -488,22 +495,84 @@ def _dataset_loop(keep: Tuple[int, ...], nan_omit: bool, threads: int, use_op: b
             return opt.has_value()
 
         def step(opt, *loop_vars):
-            state, values = loop_vars[:-1], loop_vars[-1]
-            x = opt.get_value()
-            part = batch_state(x)
-            # Values per index before NaNs are dropped, for nan_policy="raise".
-            seen = tf.size(x, out_type=tf.int64) // tf.maximum(tf.size(part[0], out_type=tf.int64), 1)
-            return (it.get_next_as_optional(), *merge(state, part), values + seen)
+            xs = opt.get_value()
+            if paths is not None:
+                xs = tuple(_pick(xs, path) for path in paths)
+            xs = xs if isinstance(xs, tuple) else (xs,)
+            xs = tuple(x.flat_values if isinstance(x, tf.RaggedTensor) else x for x in xs)
+            out = []
+            for i, (x, keep) in enumerate(zip(xs, keep_lists)):
+                state, values = loop_vars[i * width:(i + 1) * width - 1], loop_vars[(i + 1) * width - 1]
+                part = batch_state(x, keep)
+                # Values per index before NaNs are dropped, for nan_policy="raise".
+                seen = tf.size(x, out_type=tf.int64) // tf.maximum(tf.size(part[0], out_type=tf.int64), 1)
+                out += [*merge(state, part), values + seen]
+            return (it.get_next_as_optional(), *out)
 
         first = it.get_next_as_optional()
         any_shape = tf.TensorShape(None)
+        invariants = ([any_shape] * len(STATE_FIELDS) + [tf.TensorShape([])]) * len(keep_lists)
         out = tf.while_loop(more, step, (first, *init),
-                            shape_invariants=(tf.type_spec_from_value(first),
-                                              *([any_shape] * len(STATE_FIELDS)), tf.TensorShape([])))
+                            shape_invariants=(tf.type_spec_from_value(first), *invariants))
         return out[1:]
 
     _LOOPS[key] = loop
     return loop
+
+
+def _pick(element: Any, path: Tuple[Any, ...]) -> Any:
+    for step in path:
+        element = element[step]
+    return element
+
+
+def _flat_values_spec(spec: Any) -> Any:
+    """The spec of a ragged spec's ``flat_values`` (others unchanged)."""
+    if not isinstance(spec, tf.RaggedTensorSpec) or spec.shape.rank is None:
+        return spec
+    return tf.TensorSpec([None] + spec.shape[spec.ragged_rank + 1:].as_list(), spec.dtype)
+
+
+def _reduce_batches(dataset: "tf.data.Dataset", keeps: Sequence[Sequence[int]], nan_policy: str,
+                    threads_attr: int, ddof: int = 0,
+                    paths: Optional[Sequence[Sequence[Any]]] = None) -> List[Moments]:
+    """Statistics of each tensor of ``dataset``'s elements (a tensor, or a tuple of tensors, or
+    with ``paths`` the tensors at those paths; all batches: axis 0 is reduced; ragged ones over
+    their flat values), ``keeps[i]`` the normalized kept axes of tensor ``i`` (of its flat
+    values if ragged): one graph-mode pass for all of them. Finished per tensor (empty data:
+    ``ValueError``)."""
+    specs = dataset.element_spec
+    if paths is not None:
+        paths = tuple(tuple(p) for p in paths)
+        specs = tuple(_pick(specs, path) for path in paths)
+        specs = tuple(_flat_values_spec(s) for s in specs)
+    specs = specs if isinstance(specs, tuple) else (specs,)
+    if len(specs) != len(keeps):
+        raise ValueError(f"{len(keeps)} sets of kept axes for dataset elements of {len(specs)} tensors")
+    # One pass over a dataset: "raise" omits NaNs and compares the counts with the values seen.
+    nan_omit = kernel_omits(nan_policy, floating=True, can_rerun=False)
+    init = []
+    for spec, keep in zip(specs, keeps):
+        kept_shape = _static_state_shape(spec.shape, keep)
+        # A scalar empty state merges with any shape: the start when the kept shape is not static.
+        shape = kept_shape.as_list() if kept_shape.is_fully_defined() else []
+        init += [*zero_state(shape), tf.constant(0, tf.int64)]
+    loop = _dataset_loop(tuple(tuple(int(k) for k in keep) for keep in keeps), paths, nan_omit,
+                         threads_attr, _ops() is not None)
+    try:
+        out = loop(dataset, tuple(init))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        raise ValueError(f"dataset_moments: {exc.message}") from None
+    width = len(STATE_FIELDS) + 1
+    results = []
+    for i in range(len(keeps)):
+        *state, values = out[i * width:(i + 1) * width]
+        total = StateRecord.of([t.numpy() for t in state])
+        if total.count.size == 0 or (not np.any(total.count > 0) and int(values) == 0):
+            raise ValueError("the dataset is empty: no data to compute moments of")
+        results.append(finish(total, nan_policy=nan_policy, floating=True, expected=int(values),
+                              ddof=ddof))
+    return results
 
 
 def dataset_moments(dataset: "tf.data.Dataset", axis: AxisLike = -1, steps: Optional[int] = None, *,
@@ -583,18 +652,4 @@ def dataset_moments(dataset: "tf.data.Dataset", axis: AxisLike = -1, steps: Opti
                              "dataset statistics always reduce over the samples")
     else:
         keep = _keep_axes(axis, None)
-    # One pass over a dataset: "raise" omits NaNs and compares the counts with the values seen.
-    nan_omit = kernel_omits(nan_policy, floating=True, can_rerun=False)
-    kept_shape = _static_state_shape(dataset.element_spec.shape, keep)
-    # A scalar empty state merges with any shape: the start when the kept shape is not static.
-    shape = kept_shape.as_list() if kept_shape.is_fully_defined() else []
-    init = (*zero_state(shape), tf.constant(0, tf.int64))
-    loop = _dataset_loop(tuple(keep), nan_omit, threads_attr, _ops() is not None)
-    try:
-        *state, values = loop(dataset, init)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        raise ValueError(f"dataset_moments: {exc.message}") from None
-    total = StateRecord.of([t.numpy() for t in state])
-    if total.count.size == 0 or (not np.any(total.count > 0) and int(values) == 0):
-        raise ValueError("the dataset is empty: no data to compute moments of")
-    return finish(total, nan_policy=nan_policy, floating=True, expected=int(values), ddof=ddof)
+    return _reduce_batches(dataset, [keep], nan_policy, threads_attr, ddof)[0]
