@@ -18,6 +18,11 @@
 namespace fastmoments {
 inline namespace FM_ISA_NAMESPACE {
 
+// s2 is a sum of squares: it is NaN exactly when a NaN input entered it (a propagating pass; an
+// inf input or an overflow gives +inf, never NaN). The float64 overflow pass (reduce.hpp) uses it
+// to tell a NaN result made by NaN inputs, which stands, from one made by an overflow.
+inline bool nan_entered(double s2) { return s2 != s2; }
+
 template <class W>
 inline W finite_or_zero(W v) {
     return std::isfinite(v) ? v : W(0);
@@ -45,10 +50,10 @@ struct FloatLanes {
             return static_cast<double>(element_traits<T>::load(load_at<T>(row + l * ls)));
     }
 
-    // rows: pointers to `nrows` rows; adds the chunk's states into acc[0..lanes).
-    // Adds the chunk's lane states, expressed relative to col_shift, into acc[0..lanes).
+    // rows: pointers to `nrows` rows. Adds the chunk's lane states, expressed relative to
+    // col_shift, into acc[0..lanes); sets nan_seen[l] where a NaN input entered lane l.
     void chunk(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls, MomentState* acc,
-               const double* col_shift) {
+               const double* col_shift, uint8_t* nan_seen) {
         double* __restrict sh = shift.data();
         double* __restrict a1 = s1.data();
         double* __restrict a2 = s2.data();
@@ -72,6 +77,7 @@ struct FloatLanes {
         for (int64_t l = 0; l < lanes; ++l) {
             const int64_t n = Omit ? static_cast<int64_t>(c[l]) : nrows;
             acc[l] = combine(acc[l], from_shifted_sums(n, sh[l] - col_shift[l], a1[l], a2[l]));
+            if (nan_entered(a2[l])) nan_seen[l] = 1;
         }
     }
 
@@ -285,9 +291,10 @@ struct FloatRun {
         return poor_shift(tn, t1, t2) ? sh + t1 / tn : std::numeric_limits<double>::quiet_NaN();
     }
 
-    MomentState finish_chunk(int64_t n, double col_shift) const {
+    MomentState finish_chunk(int64_t n, double col_shift, uint8_t& nan_seen) const {
         double tn, t1, t2;
         totals(n, tn, t1, t2);
+        if (nan_entered(t2)) nan_seen = 1;
         return from_shifted_sums(static_cast<int64_t>(tn), sh - col_shift, t1, t2);
     }
 };
