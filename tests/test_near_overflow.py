@@ -161,6 +161,19 @@ def test_large_near_limit(kind, shape, axis, layout, monkeypatch):
         check_exact(r, x, axis, policy, mean_rtol=64 * 2.0**-52, scale_atol=64 * 2.0**-52)
 
 
+@pytest.mark.parametrize("kind", ["signs", "pair"])
+def test_file_door_near_limit(kind, tmp_path):
+    # The file door reduces pieces with the same kernel and merges them with the one combine.
+    rng = np.random.default_rng(7)
+    x = np.stack([_pattern(kind, 200_001, rng) for _ in range(3)], -1)
+    path = tmp_path / "near_limit.npy"
+    np.save(path, x)
+    for threads in (1, 2):
+        r = fastmoments.compute(str(path), axis=-1, threads=threads)
+        check_exact(r, x, -1, "propagate", mean_rtol=64 * 2.0**-52, scale_atol=64 * 2.0**-52)
+    assert _bits(fastmoments.compute(str(path), axis=-1, threads=2)) == _bits(r)
+
+
 # -- inf/NaN rules stay NumPy's -------------------------------------------------------------------
 
 def test_nan_inputs_still_propagate(monkeypatch):
