@@ -62,8 +62,7 @@ constexpr int64_t kWaveTasks = 256;         // tasks whose states are held befor
 // lanes' rebasing onto their output's shift: [1.7e308, -1.7e308, 1.7e308] gave a mean of -inf.
 // Such values are rare and an overflow anywhere leaves an inf or NaN in the output's state, so
 // the pass is a second look, not a cost on the common path: an output whose state came out
-// non-finite although no NaN input entered it (inputs that are inf, or an overflow) has its
-// columns reduced again with every value multiplied by 2^-545 on its way into the same kernels
+// non-finite although no NaN or inf input entered it (InputFlags) has its columns reduced again with every value multiplied by 2^-545 on its way into the same kernels
 // (copied per chunk into a worker buffer), and its state is scaled back: mean * 2^545,
 // m2 * 2^1090. Scaled, |x| < 2^479 and n < 2^63 keep every intermediate below 2^1023, and values
 // below 2^-529 that flush to 0 weigh under 2^-1000 of an output that overflowed (one needs
@@ -217,9 +216,9 @@ private:
         const int64_t ncols = grid_.count;
         compute_shifts();
         std::vector<Acc> acc(static_cast<size_t>(ncols * grid_.width));
-        // Per column lane: a NaN input entered it (float data; see nan_entered).
-        std::vector<uint8_t> nan(kExact ? 0 : acc.size(), 0);
-        auto nan_at = [&](std::vector<uint8_t>& v, int64_t i) { return v.empty() ? nullptr : &v[static_cast<size_t>(i)]; };
+        // Per column lane: what entered it (float data; InputFlags).
+        std::vector<uint8_t> inputs(kExact ? 0 : acc.size(), 0);
+        auto flags_at = [&](std::vector<uint8_t>& v, int64_t i) { return v.empty() ? nullptr : &v[static_cast<size_t>(i)]; };
         auto needed = [&](int64_t c) { return need_col_.empty() || need_col_[static_cast<size_t>(c)]; };
         const int64_t total = ncols * grid_.values;
         const int threads = std::max(1, opt.threads);
@@ -253,7 +252,7 @@ private:
                           for (int64_t c = t * grid_.group; c < c1; ++c) {
                               if (needed(c))
                                   w.column(c, 0, grid_.units, &acc[static_cast<size_t>(c * grid_.width)],
-                                           nan_at(nan, c * grid_.width));
+                                           flags_at(inputs, c * grid_.width));
                               done.fetch_add(grid_.values, std::memory_order_relaxed);
                           }
                       });
@@ -262,11 +261,11 @@ private:
             // partial states are merged into the column in task order.
             const int64_t ntasks = ncols * grid_.splits;
             std::vector<Acc> slots(static_cast<size_t>(std::min(kWaveTasks, ntasks) * grid_.width));
-            std::vector<uint8_t> slot_nan(nan.empty() ? 0 : slots.size());
+            std::vector<uint8_t> slot_inputs(inputs.empty() ? 0 : slots.size());
             for (int64_t w0 = 0; w0 < ntasks && !cancel.load(); w0 += kWaveTasks) {
                 const int64_t nw = std::min(kWaveTasks, ntasks - w0);
                 std::fill(slots.begin(), slots.begin() + nw * grid_.width, Acc{});
-                std::fill(slot_nan.begin(), slot_nan.end(), uint8_t{0});
+                std::fill(slot_inputs.begin(), slot_inputs.end(), uint8_t{0});
                 run_tasks(nw, workers, cancel, poll, [&](int64_t t, Worker& w) {
                     const int64_t task = w0 + t;
                     const int64_t c = task / grid_.splits, s = task % grid_.splits;
@@ -274,21 +273,21 @@ private:
                     const int64_t u1 = std::min(grid_.units, u0 + grid_.units_per_task);
                     if (needed(c))
                         w.column(c, u0, u1, &slots[static_cast<size_t>(t * grid_.width)],
-                                 nan_at(slot_nan, t * grid_.width));
+                                 flags_at(slot_inputs, t * grid_.width));
                     done.fetch_add((u1 - u0) * (grid_.values / grid_.units), std::memory_order_relaxed);
                 });
                 for (int64_t t = 0; t < nw; ++t) {
                     const int64_t c = (w0 + t) / grid_.splits;
                     for (int64_t l = 0; l < grid_.width; ++l) {
                         acc[c * grid_.width + l] = combine(acc[c * grid_.width + l], slots[t * grid_.width + l]);
-                        if (!nan.empty()) nan[c * grid_.width + l] |= slot_nan[t * grid_.width + l];
+                        if (!inputs.empty()) inputs[c * grid_.width + l] |= slot_inputs[t * grid_.width + l];
                     }
                 }
                 poll();
             }
         }
         if (cancel.load()) return Status::Cancelled;
-        scatter(acc, nan, out);
+        scatter(acc, inputs, out);
         return Status::Ok;
     }
 
@@ -299,8 +298,8 @@ private:
             if (r.scaled_) scaled_.resize(static_cast<size_t>(r.chunk_units_ * (r.plan_.lanes_mode ? lanes_ : 1)));
         }
 
-        // nan_seen: a flag per lane state (nullptr for integer data).
-        void column(int64_t c, int64_t u0, int64_t u1, Acc* acc, uint8_t* nan_seen) {
+        // flags: InputFlags per lane state (nullptr for integer data).
+        void column(int64_t c, int64_t u0, int64_t u1, Acc* acc, uint8_t* flags) {
             const Plan& p = r_.plan_;
             Odometer cols(p.columns), rows(p.rows);
             if (p.lanes_mode) {
@@ -320,15 +319,15 @@ private:
                                 for (int64_t l = 0; l < width; ++l) b[l] = load_value(row + l * p.lane_stride) * kOverflowDown;
                                 row_ptrs_[k] = reinterpret_cast<const char*>(b);
                             }
-                            contig_lanes_.chunk(row_ptrs_.data(), n, width, sizeof(double), acc, r_.shift_of(c), nan_seen);
+                            contig_lanes_.chunk(row_ptrs_.data(), n, width, sizeof(double), acc, r_.shift_of(c), flags);
                             continue;
                         }
                     }
                     for (int64_t k = 0; k < n; ++k, rows.next()) row_ptrs_[k] = base + rows.offset();
                     if (p.lane_stride == static_cast<int64_t>(sizeof(T)))
-                        lane_kernel<true>(n, width, acc, r_.shift_of(c), nan_seen);
+                        lane_kernel<true>(n, width, acc, r_.shift_of(c), flags);
                     else
-                        lane_kernel<false>(n, width, acc, r_.shift_of(c), nan_seen);
+                        lane_kernel<false>(n, width, acc, r_.shift_of(c), flags);
                 }
             } else {
                 cols.seek(c);
@@ -340,21 +339,21 @@ private:
                     const int64_t e1 = std::min(u1, e0 + r_.chunk_units_);
                     if constexpr (kOverflowPass) {
                         if (r_.scaled_) {
-                            scaled_run(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), *nan_seen);
+                            scaled_run(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), *flags);
                             continue;
                         }
                     }
                     if (p.run_stride == static_cast<int64_t>(sizeof(T)))
-                        run_kernel<true>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), nan_seen);
+                        run_kernel<true>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), flags);
                     else
-                        run_kernel<false>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), nan_seen);
+                        run_kernel<false>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), flags);
                 }
             }
         }
 
     private:
         template <bool Contig>
-        void lane_kernel(int64_t n, int64_t width, Acc* acc, const double* shift, uint8_t* nan_seen) {
+        void lane_kernel(int64_t n, int64_t width, Acc* acc, const double* shift, uint8_t* flags) {
             const int64_t ls = r_.plan_.lane_stride;
             if constexpr (kExact) {
                 if constexpr (Contig)
@@ -363,16 +362,16 @@ private:
                     strided_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift);
             } else {
                 if constexpr (Contig)
-                    contig_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift, nan_seen);
+                    contig_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift, flags);
                 else
-                    strided_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift, nan_seen);
+                    strided_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift, flags);
             }
         }
 
         // The overflow pass in run mode: the chunk's n values from (rows, pos), scaled into the
         // buffer, then the float kernel's steps over it as one contiguous run.
         void scaled_run(const char* base, Odometer& rows, int64_t& pos, int64_t n, Acc& acc,
-                        const double* shift, uint8_t& nan_seen) {
+                        const double* shift, uint8_t& flags) {
             const Plan& p = r_.plan_;
             double* b = scaled_.data();
             for (int64_t i = 0; i < n; ++i) {
@@ -394,13 +393,17 @@ private:
                 k.start(better);
                 k.run(q, n, sizeof(double));
             }
-            acc = combine(acc, k.finish_chunk(n, *shift, nan_seen));
+            acc = combine(acc, k.finish_chunk(n, *shift, flags, [&] {
+                for (int64_t i = 0; i < n; ++i)
+                    if (std::isinf(b[i])) return true;
+                return false;
+            }));
         }
 
         // Reads n values starting at (rows, pos), crossing run boundaries.
         template <bool Contig>
         void run_kernel(const char* base, Odometer& rows, int64_t& pos, int64_t n, Acc& acc,
-                        const double* shift, uint8_t* nan_seen) {
+                        const double* shift, uint8_t* flags) {
             const Plan& p = r_.plan_;
             const int64_t L = p.run_length, st = p.run_stride;
             if constexpr (kExact) {
@@ -429,15 +432,25 @@ private:
                         if (q == L) q = 0, o.next();
                     }
                 };
-                Odometer again(rows);
-                int64_t again_pos = pos;
+                const Odometer start(rows);
+                const int64_t start_pos = pos;
                 walk(rows, pos);
                 const double better = k.better_shift(n);
                 if (!std::isnan(better)) {  // an outlier came first: sum the chunk around its mean
                     k.start(better);
+                    Odometer again(start);
+                    int64_t again_pos = start_pos;
                     walk(again, again_pos);
                 }
-                acc = combine(acc, k.finish_chunk(n, *shift, *nan_seen));
+                acc = combine(acc, k.finish_chunk(n, *shift, *flags, [&] {
+                    Odometer o(start);
+                    int64_t q = start_pos;
+                    for (int64_t i = 0; i < n; ++i) {
+                        if (std::isinf(load_value(base + o.offset() + q * st))) return true;
+                        if (++q == L) q = 0, o.next();
+                    }
+                    return false;
+                }));
             }
         }
 
@@ -500,7 +513,7 @@ private:
     // Column states -> output states; folded lanes merge into their output lane in lane order.
     // The first float64 pass also marks the outputs the overflow pass redoes (see kOverflowDown);
     // that pass writes only those.
-    void scatter(const std::vector<Acc>& acc, const std::vector<uint8_t>& nan, MomentState* out) {
+    void scatter(const std::vector<Acc>& acc, const std::vector<uint8_t>& inputs, MomentState* out) {
         const Plan& p = plan_;
         std::vector<Acc> merged(static_cast<size_t>(p.out_size));
         // Float states are relative to their lane's shift; an output takes the shift of its first
@@ -508,7 +521,7 @@ private:
         std::vector<double> out_shift(kExact ? 0 : static_cast<size_t>(p.out_size), 0.0);
         std::vector<char> has_shift(out_shift.size(), 0);
         const bool mark = kOverflowPass && !scaled_;
-        std::vector<uint8_t> out_nan(mark ? static_cast<size_t>(p.out_size) : 0, 0);  // a NaN input entered
+        std::vector<uint8_t> out_inputs(mark ? static_cast<size_t>(p.out_size) : 0, 0);  // InputFlags
         for_each_lane([&](int64_t o, int64_t c, int64_t l) {
             const size_t i = static_cast<size_t>(c * grid_.width + l);
             Acc a = acc[i];
@@ -518,7 +531,7 @@ private:
                 else if (a.count > 0) set_mean(a, a.mean, a.mean_lo + (sh - out_shift[o]));
             }
             merged[o] = combine(merged[o], a);
-            if (mark && nan[i]) out_nan[o] = 1;
+            if (mark) out_inputs[o] |= inputs[i];
         });
         for (int64_t o = 0; o < p.out_size; ++o) {
             if (scaled_ && !redo_out_[o]) continue;
@@ -531,7 +544,7 @@ private:
             if constexpr (kOverflowPass) {
                 if (scaled_) {
                     unscale_overflow(out[o]);
-                } else if (!(std::isfinite(out[o].mean) && std::isfinite(out[o].m2)) && !out_nan[o]) {
+                } else if (!(std::isfinite(out[o].mean) && std::isfinite(out[o].m2)) && !(out_inputs[o] & (kNanEntered | kInfEntered))) {
                     if (redo_out_.empty()) redo_out_.assign(static_cast<size_t>(p.out_size), 0);
                     redo_out_[o] = 1;
                 }
