@@ -374,9 +374,13 @@ private:
                         const double* shift, uint8_t& flags) {
             const Plan& p = r_.plan_;
             double* b = scaled_.data();
-            for (int64_t i = 0; i < n; ++i) {
-                b[i] = load_value(base + rows.offset() + pos * p.run_stride) * kOverflowDown;
-                if (++pos == p.run_length) pos = 0, rows.next();
+            for (int64_t i = 0; i < n;) {  // run by run
+                const int64_t m = std::min(n - i, p.run_length - pos);
+                const char* q = base + rows.offset() + pos * p.run_stride;
+                for (int64_t j = 0; j < m; ++j) b[i + j] = load_value(q + j * p.run_stride) * kOverflowDown;
+                i += m;
+                pos += m;
+                if (pos == p.run_length) pos = 0, rows.next();
             }
             FloatRun<double, Omit, true> k;
             const char* q = reinterpret_cast<const char*>(b);
