@@ -286,7 +286,8 @@ def assert_matches_rational(count: int, mean: float, m2: float, ref: RationalRef
             assert np.isnan(mean) and np.isnan(m2), f"want NaN, got {mean!r}, {m2!r}{where}"
         return
     assert np.isfinite(mean), f"mean {mean!r}, exact {float(ref.mean)!r}{where}"
-    tol = Fraction(mean_rtol) * abs(ref.mean) + Fraction(scale_atol) * ref.maxabs
+    tiny = Fraction(float(np.finfo(np.float64).tiny))  # underflow floor, as assert_matches
+    tol = Fraction(mean_rtol) * abs(ref.mean) + Fraction(scale_atol) * ref.maxabs + 4 * tiny
     assert abs(Fraction(mean) - ref.mean) <= tol, \
         f"mean {mean!r}, exact {float(ref.mean)!r}, tolerance {float(tol)!r}{where}"
     if ref.m2 > DBL_MAX * (1 + Fraction(m2_rtol)):
@@ -295,7 +296,8 @@ def assert_matches_rational(count: int, mean: float, m2: float, ref: RationalRef
     if np.isinf(m2) and ref.m2 >= DBL_MAX * (1 - Fraction(m2_rtol)):
         return
     assert np.isfinite(m2), f"m2 {m2!r}, exact {float(ref.m2)!r}{where}"
-    tol = Fraction(m2_rtol) * ref.m2 + Fraction(scale_atol) * ref.count * ref.spread * ref.maxabs
+    tol = (Fraction(m2_rtol) * ref.m2 + Fraction(scale_atol) * ref.count * ref.spread * ref.maxabs
+           + 16 * ref.count * tiny)
     assert abs(Fraction(m2) - ref.m2) <= tol, \
         f"m2 {m2!r}, exact {float(ref.m2)!r}, tolerance {float(tol)!r}{where}"
 

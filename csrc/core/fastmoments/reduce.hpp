@@ -544,6 +544,11 @@ private:
                 const double lo = out[o].mean_lo;
                 set_mean(out[o], out_shift[o], out[o].mean);
                 out[o].mean_lo += lo;
+                // One NaN: x86 keeps the first operand's NaN, and the compiler may commute an
+                // addition differently per ISA, so +NaN (an input's) and -NaN (inf - inf's)
+                // would otherwise differ in their sign bit between variants.
+                if (out[o].mean != out[o].mean) out[o].mean = std::numeric_limits<double>::quiet_NaN();
+                if (out[o].m2 != out[o].m2) out[o].m2 = std::numeric_limits<double>::quiet_NaN();
             }
             if constexpr (kOverflowPass) {
                 if (scaled_) {
