@@ -9,6 +9,8 @@ Independent of fastmoments (no imports from the package). Two implementations:
   NaN propagates (or is omitted), a lone +-inf gives a +-inf mean and a NaN variance.
 * :func:`exact_reference` -- small inputs: every value becomes a Python ``int`` or an exact
   ``Fraction`` and the sums are exact; the results are rounded once to float64.
+  :func:`exact_rational_reference` keeps them as rationals (float64 data near the overflow
+  limit, whose m2 may exceed the float64 range), checked by :func:`assert_matches_rational`.
   :func:`exact_integer_reference` does the same for large 8/16-bit integer arrays with exact
   int64 block sums.
 """
@@ -223,6 +225,81 @@ def exact_integer_reference(x, axis: AxisLike = -1) -> Ref:
     maxabs = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
     return Ref(np.full(kshape, nrows, np.int64), mean.reshape(kshape), m2.reshape(kshape),
                maxabs.reshape(kshape), (hi - lo).astype(np.float64).reshape(kshape))
+
+
+DBL_MAX = Fraction(float(np.finfo(np.float64).max))
+
+
+@dataclass
+class RationalRef:
+    """Exact statistics of one output, as rationals (no rounding, no overflow): ``mean`` and
+    ``m2`` are None when a NaN was kept (propagate) or no value is left (omit)."""
+
+    count: int
+    mean: Union[Fraction, None]
+    m2: Union[Fraction, None]
+    maxabs: Fraction
+    spread: Fraction
+
+
+def exact_rational_reference(x, axis: AxisLike = -1, nan_policy: str = "propagate") -> list:
+    """Per kept index (C order of the kept axes), a :class:`RationalRef` of finite float data
+    with NaNs (omitted or propagated). Values of 2**53 and above are integers: Python ints keep
+    their sums fast, which makes ~1e6 values of 1e308 affordable."""
+    _, y = as_columns(np.asarray(x), axis)
+    y = y.astype(np.float64)
+    if np.isinf(y).any():
+        raise ValueError("exact_rational_reference needs finite or NaN data")
+    out = []
+    for j in range(y.shape[1]):
+        col = y[:, j]
+        nan = np.isnan(col)
+        col = col[~nan]
+        vals = [int(v) if v.is_integer() else Fraction(v) for v in col.tolist()]
+        n = len(vals)
+        if n:
+            maxabs = Fraction(float(np.abs(col).max()))
+            spread = Fraction(float(col.max())) - Fraction(float(col.min()))
+        else:
+            maxabs = spread = Fraction(0)
+        if n == 0 or (nan.any() and nan_policy == "propagate"):
+            out.append(RationalRef(n + int(nan.sum()) * (nan_policy == "propagate"), None, None,
+                                   maxabs, spread))
+            continue
+        s1 = Fraction(sum(vals))
+        s2 = Fraction(sum(v * v for v in vals))
+        out.append(RationalRef(n, s1 / n, s2 - s1 * s1 / n, maxabs, spread))
+    return out
+
+
+def assert_matches_rational(count: int, mean: float, m2: float, ref: RationalRef, *,
+                            mean_rtol: float = 8 * EPS64, m2_rtol: float = 1e-12,
+                            scale_atol: float = 8 * EPS64, context: str = "") -> None:
+    """Checks one output against :func:`exact_rational_reference`, with the tolerances of
+    :func:`assert_matches`. The mean of finite data lies within its range, so it must be finite.
+    m2 (the sum of squared deviations, as NumPy's var sums them) must be inf where the exact m2
+    exceeds DBL_MAX, and finite and close below it (within m2_rtol of the boundary either)."""
+    where = f" ({context})" if context else ""
+    assert count == ref.count, f"count {count} != {ref.count}{where}"
+    if ref.mean is None:
+        if ref.count:  # a NaN input under propagate
+            assert np.isnan(mean) and np.isnan(m2), f"want NaN, got {mean!r}, {m2!r}{where}"
+        return
+    assert np.isfinite(mean), f"mean {mean!r}, exact {float(ref.mean)!r}{where}"
+    tiny = Fraction(float(np.finfo(np.float64).tiny))  # underflow floor, as assert_matches
+    tol = Fraction(mean_rtol) * abs(ref.mean) + Fraction(scale_atol) * ref.maxabs + 4 * tiny
+    assert abs(Fraction(mean) - ref.mean) <= tol, \
+        f"mean {mean!r}, exact {float(ref.mean)!r}, tolerance {float(tol)!r}{where}"
+    if ref.m2 > DBL_MAX * (1 + Fraction(m2_rtol)):
+        assert m2 == np.inf, f"m2 {m2!r}, exact {float(ref.m2 / DBL_MAX)!r} * DBL_MAX{where}"
+        return
+    if np.isinf(m2) and ref.m2 >= DBL_MAX * (1 - Fraction(m2_rtol)):
+        return
+    assert np.isfinite(m2), f"m2 {m2!r}, exact {float(ref.m2)!r}{where}"
+    tol = (Fraction(m2_rtol) * ref.m2 + Fraction(scale_atol) * ref.count * ref.spread * ref.maxabs
+           + 16 * ref.count * tiny)
+    assert abs(Fraction(m2) - ref.m2) <= tol, \
+        f"m2 {m2!r}, exact {float(ref.m2)!r}, tolerance {float(tol)!r}{where}"
 
 
 def relative_error(got, want) -> float:

@@ -197,13 +197,16 @@ def test_inf_with_reduced_inner_axis(isa):
     assert np.isnan(r.m2).all()
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation (NumPy's mean overflows here too): float64 "
-                   "values whose differences exceed the float64 range overflow the shifted sums: "
-                   "compute([1e308, 1e308, -1e308], axis=None).mean -> -inf; exact mean is 3.33e307")
 def test_near_overflow_float64(isa):
+    # Issue 17 row 12: differences and squares past the float64 range (tests/test_near_overflow.py
+    # has the properties against exact rationals).
     x = np.array([1e308, 1e308, -1e308])
     r = fastmoments.compute(x, axis=None)
     assert np.isfinite(r.mean) and abs(r.mean - 1e308 / 3) <= 1e-15 * 1e308
+    r = fastmoments.compute(np.array([1.7e308, -1.7e308, 1.7e308]), axis=None)
+    assert abs(r.mean - 1.7e308 / 3) <= 1e-15 * 1.7e308 and r.m2 == np.inf
+    r = fastmoments.compute(np.array([9e153, -9e153]), axis=None)
+    assert r.mean == 0.0 and r.variance == np.var([9e153, -9e153]) == 8.1e307
 
 
 def test_all_nan_column_under_omit():

@@ -523,3 +523,18 @@ def test_dataset_accuracy_float32_large_offset(path):
     _, rvar, _ = reference(a, -1)
     assert np.max(np.abs(m.variance - rvar) / rvar) < 1e-6
     check(m, a, rtol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_near_overflow_float64_same_as_compute(path, mode):
+    """Issue 17 row 12 through the op: float64 values whose differences or squares overflow give
+    compute's finite mean (the kernel's overflow pass) and merge with the core's combine."""
+    x = np.array([[1.7e308, 9e153, 1.0], [-1.7e308, -9e153, 2.0], [1.7e308, 0.0, 3.0]])
+    want = fastmoments.compute(x, axis=-1).to_dict()
+    assert np.isfinite(want["mean"]).all() and want["m2"][1] == 1.62e308
+    state = run(mode, fmtf.moment_state, x)
+    assert_state_equal([t.numpy() for t in state], [want[f] for f in fmtf.STATE_FIELDS])
+    one = fmtf.moment_state(np.array([9e153]))
+    other = fmtf.moment_state(np.array([-9e153]))
+    count, mean, m2, _ = (t.numpy() for t in run(mode, fmtf.merge_states, one, other))
+    assert count.tolist() == [2] and mean.tolist() == [0.0] and m2.tolist() == [1.62e308]

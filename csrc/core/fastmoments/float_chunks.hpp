@@ -18,6 +18,28 @@
 namespace fastmoments {
 inline namespace FM_ISA_NAMESPACE {
 
+// What entered a lane state, for the float64 overflow pass (reduce.hpp), which redoes an output
+// whose state is inf or NaN only when no NaN or inf input explains it. s2 is a sum of squares: it
+// is NaN exactly when a NaN input entered it (a propagating pass), and +inf when an inf input did
+// or a square or the sum overflowed. Only then (rare) is the chunk's lane searched for an inf, once
+// per lane state: a later overflow or inf then costs no further search (at worst an inf input
+// found late leads to a redo, whose result follows the same rules).
+enum InputFlags : uint8_t {
+    kNanEntered = 1,  // a chunk's s2 was NaN
+    kInfSearched = 2,  // a chunk's s2 was +inf and its values were searched for an inf
+    kInfEntered = 4,   // ... which found one
+};
+
+template <class HasInf>
+inline void note_inputs(double s2, uint8_t& flags, HasInf&& has_inf) {
+    if (s2 != s2) {
+        flags |= kNanEntered;
+    } else if (s2 > std::numeric_limits<double>::max() && !(flags & kInfSearched)) {
+        flags |= kInfSearched;
+        if (has_inf()) flags |= kInfEntered;
+    }
+}
+
 template <class W>
 inline W finite_or_zero(W v) {
     return std::isfinite(v) ? v : W(0);
@@ -45,10 +67,10 @@ struct FloatLanes {
             return static_cast<double>(element_traits<T>::load(load_at<T>(row + l * ls)));
     }
 
-    // rows: pointers to `nrows` rows; adds the chunk's states into acc[0..lanes).
-    // Adds the chunk's lane states, expressed relative to col_shift, into acc[0..lanes).
+    // rows: pointers to `nrows` rows. Adds the chunk's lane states, expressed relative to
+    // col_shift, into acc[0..lanes), and notes their inputs in flags[0..lanes) (note_inputs).
     void chunk(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls, MomentState* acc,
-               const double* col_shift) {
+               const double* col_shift, uint8_t* flags) {
         double* __restrict sh = shift.data();
         double* __restrict a1 = s1.data();
         double* __restrict a2 = s2.data();
@@ -72,6 +94,11 @@ struct FloatLanes {
         for (int64_t l = 0; l < lanes; ++l) {
             const int64_t n = Omit ? static_cast<int64_t>(c[l]) : nrows;
             acc[l] = combine(acc[l], from_shifted_sums(n, sh[l] - col_shift[l], a1[l], a2[l]));
+            note_inputs(a2[l], flags[l], [&] {
+                for (int64_t r = 0; r < nrows; ++r)
+                    if (std::isinf(value(rows[r], l, ls))) return true;
+                return false;
+            });
         }
     }
 
@@ -285,9 +312,12 @@ struct FloatRun {
         return poor_shift(tn, t1, t2) ? sh + t1 / tn : std::numeric_limits<double>::quiet_NaN();
     }
 
-    MomentState finish_chunk(int64_t n, double col_shift) const {
+    // has_inf() searches the chunk's values for an inf (see note_inputs).
+    template <class HasInf>
+    MomentState finish_chunk(int64_t n, double col_shift, uint8_t& flags, HasInf&& has_inf) const {
         double tn, t1, t2;
         totals(n, tn, t1, t2);
+        note_inputs(t2, flags, has_inf);
         return from_shifted_sums(static_cast<int64_t>(tn), sh - col_shift, t1, t2);
     }
 };

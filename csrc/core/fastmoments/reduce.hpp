@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #if defined(_OPENMP)
@@ -56,6 +57,35 @@ constexpr int64_t kMaxIntegerChunkRows = 1 << 15;  // 8/16-bit lanes: int32 sums
 constexpr int64_t kTaskValues = 1 << 20;    // values per task (unit of thread scheduling)
 constexpr int64_t kWaveTasks = 256;         // tasks whose states are held before merging
 
+// The float64 overflow pass. Finite float64 data near the range limit can overflow the shifted
+// sums (x - shift, (x - shift)^2), the chunk means relative to their column's shift, or the
+// lanes' rebasing onto their output's shift: [1.7e308, -1.7e308, 1.7e308] gave a mean of -inf.
+// Such values are rare and an overflow anywhere leaves an inf or NaN in the output's state, so
+// the pass is a second look, not a cost on the common path: an output whose state came out
+// non-finite although no NaN or inf input entered it (InputFlags) has its columns reduced again with every value multiplied by 2^-545 on its way into the same kernels
+// (copied per chunk into a worker buffer), and its state is scaled back: mean * 2^545,
+// m2 * 2^1090. Scaled, |x| < 2^479 and n < 2^63 keep every intermediate below 2^1023, and values
+// below 2^-529 that flush to 0 weigh under 2^-1000 of an output that overflowed (one needs
+// |x| > 2^479). m2 stays the sum of squared deviations, as NumPy's var sums them: it is inf when
+// it exceeds DBL_MAX even where m2 / n would fit (the state is the portable record every door
+// merges, so it holds m2, not a scaled m2). float32 and smaller types cannot overflow in float64.
+constexpr double kOverflowDown = 0x1p-545;
+constexpr double kOverflowUp = 0x1p545;
+
+// A state of values scaled by kOverflowDown, back in the data's units. The exact mean lies within
+// the data's range, so a rounded mean past DBL_MAX is clamped to it.
+inline void unscale_overflow(MomentState& s) {
+    const double m = s.mean * kOverflowUp;
+    s.mean_lo *= kOverflowUp;
+    if (std::isinf(m) && std::isfinite(s.mean)) {
+        s.mean = std::copysign(std::numeric_limits<double>::max(), m);
+        s.mean_lo = 0.0;
+    } else {
+        s.mean = m;
+    }
+    s.m2 = s.m2 * kOverflowUp * kOverflowUp;
+}
+
 inline MomentState finish(const MomentState& s) { return s; }
 
 // ---- the driver --------------------------------------------------------------------------------
@@ -80,6 +110,7 @@ class Reducer {
 public:
     using Acc = accumulator_t<T>;
     static constexpr bool kExact = element_traits<T>::exact_integer;
+    static constexpr bool kOverflowPass = std::is_same_v<T, double>;  // see kOverflowDown
 
     Reducer(const char* data, const Plan& plan) : data_(data + plan.base_offset), plan_(plan) {
         Odometer cols(plan.columns), rows(plan.rows);
@@ -161,13 +192,34 @@ public:
                     sh[0] = first_finite_run(data_ + cols.offset(), rows, 0, std::min(grid_.units, kShiftSearch));
                 }
             }
+            if (scaled_)
+                for (double& v : col_shift_) v *= kOverflowDown;
         }
     }
 
     Status run(MomentState* out, const ReduceOptions& opt) {
+        Status s = pass(out, opt);
+        if constexpr (kOverflowPass) {
+            if (s == Status::Ok && !redo_out_.empty()) {
+                scaled_ = true;
+                ReduceOptions again = opt;  // progress stays at its end; cancelling still works
+                if (opt.poll) again.poll = [&opt](int64_t, int64_t total) { return opt.poll(total, total); };
+                s = pass(out, again);
+            }
+        }
+        return s;
+    }
+
+private:
+    // One pass over the columns (all, or in the overflow pass those in need_col_).
+    Status pass(MomentState* out, const ReduceOptions& opt) {
         const int64_t ncols = grid_.count;
         compute_shifts();
         std::vector<Acc> acc(static_cast<size_t>(ncols * grid_.width));
+        // Per column lane: what entered it (float data; InputFlags).
+        std::vector<uint8_t> inputs(kExact ? 0 : acc.size(), 0);
+        auto flags_at = [&](std::vector<uint8_t>& v, int64_t i) { return v.empty() ? nullptr : &v[static_cast<size_t>(i)]; };
+        auto needed = [&](int64_t c) { return need_col_.empty() || need_col_[static_cast<size_t>(c)]; };
         const int64_t total = ncols * grid_.values;
         const int threads = std::max(1, opt.threads);
         std::atomic<int64_t> done{0};
@@ -198,7 +250,9 @@ public:
                       [&](int64_t t, Worker& w) {
                           const int64_t c1 = std::min(ncols, (t + 1) * grid_.group);
                           for (int64_t c = t * grid_.group; c < c1; ++c) {
-                              w.column(c, 0, grid_.units, &acc[static_cast<size_t>(c * grid_.width)]);
+                              if (needed(c))
+                                  w.column(c, 0, grid_.units, &acc[static_cast<size_t>(c * grid_.width)],
+                                           flags_at(inputs, c * grid_.width));
                               done.fetch_add(grid_.values, std::memory_order_relaxed);
                           }
                       });
@@ -207,37 +261,45 @@ public:
             // partial states are merged into the column in task order.
             const int64_t ntasks = ncols * grid_.splits;
             std::vector<Acc> slots(static_cast<size_t>(std::min(kWaveTasks, ntasks) * grid_.width));
+            std::vector<uint8_t> slot_inputs(inputs.empty() ? 0 : slots.size());
             for (int64_t w0 = 0; w0 < ntasks && !cancel.load(); w0 += kWaveTasks) {
                 const int64_t nw = std::min(kWaveTasks, ntasks - w0);
                 std::fill(slots.begin(), slots.begin() + nw * grid_.width, Acc{});
+                std::fill(slot_inputs.begin(), slot_inputs.end(), uint8_t{0});
                 run_tasks(nw, workers, cancel, poll, [&](int64_t t, Worker& w) {
                     const int64_t task = w0 + t;
                     const int64_t c = task / grid_.splits, s = task % grid_.splits;
                     const int64_t u0 = s * grid_.units_per_task;
                     const int64_t u1 = std::min(grid_.units, u0 + grid_.units_per_task);
-                    w.column(c, u0, u1, &slots[static_cast<size_t>(t * grid_.width)]);
+                    if (needed(c))
+                        w.column(c, u0, u1, &slots[static_cast<size_t>(t * grid_.width)],
+                                 flags_at(slot_inputs, t * grid_.width));
                     done.fetch_add((u1 - u0) * (grid_.values / grid_.units), std::memory_order_relaxed);
                 });
                 for (int64_t t = 0; t < nw; ++t) {
                     const int64_t c = (w0 + t) / grid_.splits;
-                    for (int64_t l = 0; l < grid_.width; ++l)
+                    for (int64_t l = 0; l < grid_.width; ++l) {
                         acc[c * grid_.width + l] = combine(acc[c * grid_.width + l], slots[t * grid_.width + l]);
+                        if (!inputs.empty()) inputs[c * grid_.width + l] |= slot_inputs[t * grid_.width + l];
+                    }
                 }
                 poll();
             }
         }
         if (cancel.load()) return Status::Cancelled;
-        scatter(acc, out);
+        scatter(acc, inputs, out);
         return Status::Ok;
     }
 
-private:
     // Per-thread scratch and the loops over one column's units [u0, u1).
     class Worker {
     public:
-        Worker(const Reducer& r) : r_(r), lanes_(r.grid_.width), row_ptrs_(r.chunk_units_) {}
+        Worker(const Reducer& r) : r_(r), lanes_(r.grid_.width), row_ptrs_(r.chunk_units_) {
+            if (r.scaled_) scaled_.resize(static_cast<size_t>(r.chunk_units_ * (r.plan_.lanes_mode ? lanes_ : 1)));
+        }
 
-        void column(int64_t c, int64_t u0, int64_t u1, Acc* acc) {
+        // flags: InputFlags per lane state (nullptr for integer data).
+        void column(int64_t c, int64_t u0, int64_t u1, Acc* acc, uint8_t* flags) {
             const Plan& p = r_.plan_;
             Odometer cols(p.columns), rows(p.rows);
             if (p.lanes_mode) {
@@ -249,11 +311,23 @@ private:
                 rows.seek(u0);
                 for (int64_t r0 = u0; r0 < u1; r0 += r_.chunk_units_) {
                     const int64_t n = std::min(r_.chunk_units_, u1 - r0);
+                    if constexpr (kOverflowPass) {
+                        if (r_.scaled_) {  // the chunk's rows, scaled, as contiguous rows of the buffer
+                            for (int64_t k = 0; k < n; ++k, rows.next()) {
+                                const char* row = base + rows.offset();
+                                double* b = scaled_.data() + k * width;
+                                for (int64_t l = 0; l < width; ++l) b[l] = load_value(row + l * p.lane_stride) * kOverflowDown;
+                                row_ptrs_[k] = reinterpret_cast<const char*>(b);
+                            }
+                            contig_lanes_.chunk(row_ptrs_.data(), n, width, sizeof(double), acc, r_.shift_of(c), flags);
+                            continue;
+                        }
+                    }
                     for (int64_t k = 0; k < n; ++k, rows.next()) row_ptrs_[k] = base + rows.offset();
                     if (p.lane_stride == static_cast<int64_t>(sizeof(T)))
-                        lane_kernel<true>(n, width, acc, r_.shift_of(c));
+                        lane_kernel<true>(n, width, acc, r_.shift_of(c), flags);
                     else
-                        lane_kernel<false>(n, width, acc, r_.shift_of(c));
+                        lane_kernel<false>(n, width, acc, r_.shift_of(c), flags);
                 }
             } else {
                 cols.seek(c);
@@ -263,28 +337,77 @@ private:
                 int64_t pos = u0 % L;
                 for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_) {
                     const int64_t e1 = std::min(u1, e0 + r_.chunk_units_);
+                    if constexpr (kOverflowPass) {
+                        if (r_.scaled_) {
+                            scaled_run(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), *flags);
+                            continue;
+                        }
+                    }
                     if (p.run_stride == static_cast<int64_t>(sizeof(T)))
-                        run_kernel<true>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c));
+                        run_kernel<true>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), flags);
                     else
-                        run_kernel<false>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c));
+                        run_kernel<false>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), flags);
                 }
             }
         }
 
     private:
         template <bool Contig>
-        void lane_kernel(int64_t n, int64_t width, Acc* acc, const double* shift) {
+        void lane_kernel(int64_t n, int64_t width, Acc* acc, const double* shift, uint8_t* flags) {
             const int64_t ls = r_.plan_.lane_stride;
-            if constexpr (Contig)
-                contig_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift);
-            else
-                strided_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift);
+            if constexpr (kExact) {
+                if constexpr (Contig)
+                    contig_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift);
+                else
+                    strided_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift);
+            } else {
+                if constexpr (Contig)
+                    contig_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift, flags);
+                else
+                    strided_lanes_.chunk(row_ptrs_.data(), n, width, ls, acc, shift, flags);
+            }
+        }
+
+        // The overflow pass in run mode: the chunk's n values from (rows, pos), scaled into the
+        // buffer, then the float kernel's steps over it as one contiguous run.
+        void scaled_run(const char* base, Odometer& rows, int64_t& pos, int64_t n, Acc& acc,
+                        const double* shift, uint8_t& flags) {
+            const Plan& p = r_.plan_;
+            double* b = scaled_.data();
+            for (int64_t i = 0; i < n;) {  // run by run
+                const int64_t m = std::min(n - i, p.run_length - pos);
+                const char* q = base + rows.offset() + pos * p.run_stride;
+                for (int64_t j = 0; j < m; ++j) b[i + j] = load_value(q + j * p.run_stride) * kOverflowDown;
+                i += m;
+                pos += m;
+                if (pos == p.run_length) pos = 0, rows.next();
+            }
+            FloatRun<double, Omit, true> k;
+            const char* q = reinterpret_cast<const char*>(b);
+            double first = 0.0;
+            for (int64_t i = 0; i < n; ++i)
+                if (std::isfinite(b[i])) {
+                    first = b[i];
+                    break;
+                }
+            k.start(first);
+            k.run(q, n, sizeof(double));
+            const double better = k.better_shift(n);
+            if (!std::isnan(better)) {
+                k.start(better);
+                k.run(q, n, sizeof(double));
+            }
+            acc = combine(acc, k.finish_chunk(n, *shift, flags, [&] {
+                for (int64_t i = 0; i < n; ++i)
+                    if (std::isinf(b[i])) return true;
+                return false;
+            }));
         }
 
         // Reads n values starting at (rows, pos), crossing run boundaries.
         template <bool Contig>
         void run_kernel(const char* base, Odometer& rows, int64_t& pos, int64_t n, Acc& acc,
-                        const double* shift) {
+                        const double* shift, uint8_t* flags) {
             const Plan& p = r_.plan_;
             const int64_t L = p.run_length, st = p.run_stride;
             if constexpr (kExact) {
@@ -313,15 +436,25 @@ private:
                         if (q == L) q = 0, o.next();
                     }
                 };
-                Odometer again(rows);
-                int64_t again_pos = pos;
+                const Odometer start(rows);
+                const int64_t start_pos = pos;
                 walk(rows, pos);
                 const double better = k.better_shift(n);
                 if (!std::isnan(better)) {  // an outlier came first: sum the chunk around its mean
                     k.start(better);
+                    Odometer again(start);
+                    int64_t again_pos = start_pos;
                     walk(again, again_pos);
                 }
-                acc = combine(acc, k.finish_chunk(n, *shift));
+                acc = combine(acc, k.finish_chunk(n, *shift, *flags, [&] {
+                    Odometer o(start);
+                    int64_t q = start_pos;
+                    for (int64_t i = 0; i < n; ++i) {
+                        if (std::isinf(load_value(base + o.offset() + q * st))) return true;
+                        if (++q == L) q = 0, o.next();
+                    }
+                    return false;
+                }));
             }
         }
 
@@ -331,6 +464,7 @@ private:
         const Reducer& r_;
         int64_t lanes_;
         std::vector<const char*> row_ptrs_;
+        std::vector<double> scaled_;  // the overflow pass's scaled chunk
         ContigLanes contig_lanes_{lanes_};
         StridedLanes strided_lanes_{lanes_};
     };
@@ -360,23 +494,10 @@ private:
         (void)nt;
     }
 
-    // Column states -> output states; folded lanes merge into their output lane in lane order.
-    void scatter(const std::vector<Acc>& acc, MomentState* out) const {
+    // Calls f(output, column, lane) for every lane state, in lane order within each output.
+    template <class F>
+    void for_each_lane(F&& f) const {
         const Plan& p = plan_;
-        std::vector<Acc> merged(static_cast<size_t>(p.out_size));
-        // Float states are relative to their lane's shift; an output takes the shift of its first
-        // lane and rebases the others onto it (shifts are close values: the difference is exact).
-        std::vector<double> out_shift(kExact ? 0 : static_cast<size_t>(p.out_size), 0.0);
-        std::vector<char> has_shift(out_shift.size(), 0);
-        auto add = [&](int64_t o, int64_t c, int64_t l) {
-            Acc a = acc[static_cast<size_t>(c * grid_.width + l)];
-            if constexpr (!kExact) {
-                const double sh = col_shift_[static_cast<size_t>(c * grid_.width + l)];
-                if (!has_shift[o]) out_shift[o] = sh, has_shift[o] = 1;
-                else if (a.count > 0) set_mean(a, a.mean, a.mean_lo + (sh - out_shift[o]));
-            }
-            merged[o] = combine(merged[o], a);
-        };
         Odometer cols(p.columns);
         for (int64_t c = 0; c < grid_.count; ++c) {
             if (p.lanes_mode) {
@@ -385,19 +506,64 @@ private:
                 const int64_t lane0 = block * kMaxLanes;
                 const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
                 for (int64_t l = 0; l < width; ++l)
-                    add(p.base_out + cols.out() + ((lane0 + l) % p.lane_period) * p.lane_ostride, c, l);
+                    f(p.base_out + cols.out() + ((lane0 + l) % p.lane_period) * p.lane_ostride, c, l);
             } else {
                 cols.seek(c);
-                add(p.base_out + cols.out(), c, 0);
+                f(p.base_out + cols.out(), c, int64_t{0});
             }
         }
+    }
+
+    // Column states -> output states; folded lanes merge into their output lane in lane order.
+    // The first float64 pass also marks the outputs the overflow pass redoes (see kOverflowDown);
+    // that pass writes only those.
+    void scatter(const std::vector<Acc>& acc, const std::vector<uint8_t>& inputs, MomentState* out) {
+        const Plan& p = plan_;
+        std::vector<Acc> merged(static_cast<size_t>(p.out_size));
+        // Float states are relative to their lane's shift; an output takes the shift of its first
+        // lane and rebases the others onto it (shifts are close values: the difference is exact).
+        std::vector<double> out_shift(kExact ? 0 : static_cast<size_t>(p.out_size), 0.0);
+        std::vector<char> has_shift(out_shift.size(), 0);
+        const bool mark = kOverflowPass && !scaled_;
+        std::vector<uint8_t> out_inputs(mark ? static_cast<size_t>(p.out_size) : 0, 0);  // InputFlags
+        for_each_lane([&](int64_t o, int64_t c, int64_t l) {
+            const size_t i = static_cast<size_t>(c * grid_.width + l);
+            Acc a = acc[i];
+            if constexpr (!kExact) {
+                const double sh = col_shift_[i];
+                if (!has_shift[o]) out_shift[o] = sh, has_shift[o] = 1;
+                else if (a.count > 0) set_mean(a, a.mean, a.mean_lo + (sh - out_shift[o]));
+            }
+            merged[o] = combine(merged[o], a);
+            if (mark) out_inputs[o] |= inputs[i];
+        });
         for (int64_t o = 0; o < p.out_size; ++o) {
+            if (scaled_ && !redo_out_[o]) continue;
             out[o] = finish(merged[o]);
             if constexpr (!kExact) {  // back from shifted coordinates, keeping the residual
                 const double lo = out[o].mean_lo;
                 set_mean(out[o], out_shift[o], out[o].mean);
                 out[o].mean_lo += lo;
+                // One NaN: x86 keeps the first operand's NaN, and the compiler may commute an
+                // addition differently per ISA, so +NaN (an input's) and -NaN (inf - inf's)
+                // would otherwise differ in their sign bit between variants.
+                if (out[o].mean != out[o].mean) out[o].mean = std::numeric_limits<double>::quiet_NaN();
+                if (out[o].m2 != out[o].m2) out[o].m2 = std::numeric_limits<double>::quiet_NaN();
             }
+            if constexpr (kOverflowPass) {
+                if (scaled_) {
+                    unscale_overflow(out[o]);
+                } else if (!(std::isfinite(out[o].mean) && std::isfinite(out[o].m2)) && !(out_inputs[o] & (kNanEntered | kInfEntered))) {
+                    if (redo_out_.empty()) redo_out_.assign(static_cast<size_t>(p.out_size), 0);
+                    redo_out_[o] = 1;
+                }
+            }
+        }
+        if (mark && !redo_out_.empty()) {
+            need_col_.assign(static_cast<size_t>(grid_.count), 0);
+            for_each_lane([&](int64_t o, int64_t c, int64_t) {
+                if (redo_out_[o]) need_col_[static_cast<size_t>(c)] = 1;
+            });
         }
     }
 
@@ -406,6 +572,9 @@ private:
     ColumnGrid grid_;
     std::vector<double> col_shift_;
     int64_t chunk_units_ = 1;
+    bool scaled_ = false;            // the overflow pass: values enter the kernels times kOverflowDown
+    std::vector<uint8_t> redo_out_;  // outputs the overflow pass redoes (empty: none)
+    std::vector<uint8_t> need_col_;  // columns that pass reads (empty: all)
 };
 
 // Reduces `data` (dtype, shape, byte strides) over the axes with keep[i] == false, writing

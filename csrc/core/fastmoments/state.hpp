@@ -38,6 +38,11 @@ FM_HOST_DEVICE inline void set_mean(MomentState& r, double base, double offset) 
 // instead of u * n for naive sums. Delta is taken between the double-double means (the difference
 // of two close highs is exact). Equal means short-circuit the delta so that +inf merged with +inf
 // stays +inf (NumPy's mean) instead of inf - inf = NaN.
+// Near the float64 limit (finite means): a delta that overflows (means of opposite signs above
+// DBL_MAX/2) takes the weighted mean, which cannot overflow, and m2 = inf is then the true answer
+// (m2 >= delta^2 * na*nb/n >= delta^2/2). A finite delta whose square overflows while the term
+// fits ([9e153] merged with [-9e153]: 1.62e308) is redone as (delta * na*nb/n) * delta. Both are
+// branches on a non-finite value, so the common path keeps its operations and its bits.
 FM_HOST_DEVICE inline MomentState combine_ordered(const MomentState& a, const MomentState& b);
 
 // Operands are put in a canonical order first (larger count, then smaller mean), so that
@@ -64,7 +69,10 @@ FM_HOST_DEVICE inline MomentState combine_ordered(const MomentState& a, const Mo
         r.mean = a.mean * (static_cast<double>(a.count) / static_cast<double>(n)) + b.mean * weight_b;
         r.mean_lo = 0.0;
     }
-    r.m2 = a.m2 + b.m2 + delta * delta * static_cast<double>(a.count) * weight_b;
+    double term = delta * delta * static_cast<double>(a.count) * weight_b;
+    if (term - term != 0.0 && delta - delta == 0.0)  // delta^2 overflowed: na*nb/n >= 1/2 first
+        term = (delta * (static_cast<double>(a.count) * weight_b)) * delta;
+    r.m2 = a.m2 + b.m2 + term;
     return r;
 }
 
@@ -77,8 +85,11 @@ FM_HOST_DEVICE inline MomentState from_shifted_sums(int64_t n, double shift, dou
     const double d = s1 / static_cast<double>(n);
     r.count = n;
     set_mean(r, shift, d);
-    r.m2 = s2 - s1 * d;
-    if (r.m2 < 0.0) r.m2 = 0.0;  // rounding can push a zero spread below 0; NaN passes through
+    const double p = s1 * d;
+    r.m2 = s2 - p;
+    // Rounding can push a zero spread below 0; NaN passes through, and so does an overflowed
+    // s1 * d (-inf here is no zero spread: NaN, which the float64 overflow pass then redoes).
+    if (r.m2 < 0.0) r.m2 = (p - p == 0.0) ? 0.0 : p - p;
     return r;
 }
 
