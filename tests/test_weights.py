@@ -119,9 +119,7 @@ def test_integer_weights_equal_repeated_rows(dtype, axis):
     # count: the values of positive weight; sum_weights: the repeated rows' count.
     np.testing.assert_array_equal(r.count, np.count_nonzero(k) * np.asarray(rep.count) // k.sum())
     np.testing.assert_array_equal(r.sum_weights, np.asarray(rep.count, np.float64))
-    # Kept inner axis (one state per lane, 256-row chunks around the running mean): 1e-15.
-    # Reduced inner axis (16 sums per 32768-value chunk): measured up to 1.9e-15.
-    tol = 1e-15 if axis == -1 else 3e-15
+    tol = 1e-15
     assert rel(r.mean, rep.mean) <= tol
     assert rel(r.m2, rep.m2) <= tol
     d1 = fastmoments.compute(x, axis=axis, weights=k, ddof=1)

@@ -384,7 +384,7 @@ struct ElementWeightedLanes {
 // ---- run mode: a run of values (and their weights) updates one state -----------------------------
 
 // 16 accumulator slots: value i of a 16-value step goes to slot i (vectors of any width cover
-// the same slots in the same order); leftovers go to slot 0. Weights are read with their own
+// the same slots in the same order); leftovers go to the slots in turn. Weights are read with their own
 // stride (0: one weight for the whole run piece).
 template <class T, class Wt, bool Omit>
 struct WeightedRun {
@@ -392,10 +392,19 @@ struct WeightedRun {
     double a1[16], a2[16], sw[16], sq[16], cnt[16];
     double sh = 0.0;
     bool bad = false;
+    int tail_slot = 0;  // leftovers of the 16-value steps go to the slots in turn (short runs
+                        // would otherwise pile every value of a chunk into one sum)
 
     void start(double shift) {
         sh = shift;
+        tail_slot = 0;
         for (int k = 0; k < 16; ++k) a1[k] = a2[k] = sw[k] = sq[k] = cnt[k] = 0.0;
+    }
+
+    int next_slot() {
+        const int k = tail_slot;
+        tail_slot = (tail_slot + 1) & 15;
+        return k;
     }
 
     // n values at p (byte stride st) with weights at pw (byte stride ws; 0: one weight for all).
@@ -409,49 +418,46 @@ struct WeightedRun {
         if (i + 16 <= n) i += steps<simd::V1>(p + i * st, pw + i * ws, n - i, st, ws);
         simd::V1 wmin{std::numeric_limits<double>::infinity()};
         for (; i < n; ++i) {
-            WeightedSums<simd::V1> a{{a1[0]}, {a2[0]}, {sw[0]}, {sq[0]}, {cnt[0]}};
+            const int j = next_slot();
+            WeightedSums<simd::V1> a{{a1[j]}, {a2[j]}, {sw[j]}, {sq[j]}, {cnt[j]}};
             add_weighted<simd::V1, kMask, Omit>(a, simd::V1{value_at<T>(p + i * st)},
                                                 simd::V1{weight_at<Wt>(pw + i * ws)}, simd::V1{sh}, wmin);
-            a1[0] = a.a1.v, a2[0] = a.a2.v, sw[0] = a.sw.v, sq[0] = a.sq.v, cnt[0] = a.cnt.v;
+            a1[j] = a.a1.v, a2[j] = a.a2.v, sw[j] = a.sw.v, sq[j] = a.sq.v, cnt[j] = a.cnt.v;
         }
         if constexpr (!kMask) bad = bad || !(wmin.v >= 0.0);
     }
 
     // A run piece of one weight w (per-row weights under axis=None): the unweighted sums of
-    // d and d^2 per slot, then scaled by w; a piece of weight 0 is skipped unread.
+    // d and d^2 per slot in registers, then scaled by w into the slots; a piece of weight 0 is
+    // skipped unread.
     void run_one_weight(const char* p, double w, int64_t n, int64_t st) {
         if constexpr (!kMask) bad = bad || !valid_weight(w);
         if (!(w > 0.0)) return;
-        double t1[16] = {0}, t2[16] = {0}, tc[16] = {0};
         int64_t i = 0;
         if constexpr (simd::Vd::kWidth > 1) {
-            if (st == static_cast<int64_t>(sizeof(T))) i = plain_steps<simd::Vd>(p, n, st, t1, t2, tc);
+            if (st == static_cast<int64_t>(sizeof(T))) i = scaled_steps<simd::Vd>(p, w, n, st);
         }
-        if (i + 16 <= n) i += plain_steps<simd::V1>(p + i * st, n - i, st, t1, t2, tc);
+        if (i + 16 <= n) i += scaled_steps<simd::V1>(p + i * st, w, n - i, st);
         for (; i < n; ++i) {
             const double d = value_at<T>(p + i * st) - sh;
             if constexpr (Omit) {
                 if (d != d) continue;
-                tc[0] += 1.0;
             }
-            t1[0] += d;
-            t2[0] += d * d;
-        }
-        for (int k = 0; k < 16; ++k) {
-            const double c = Omit ? tc[k] : static_cast<double>(n / 16 + (k == 0 ? n % 16 : 0));
-            a1[k] += w * t1[k];
-            a2[k] += w * t2[k];
-            sw[k] += w * c;
-            sq[k] += (w * w) * c;
-            cnt[k] += c;
+            const double e = w * d;
+            const int j = next_slot();
+            a1[j] += e;
+            a2[j] += e * d;
+            sw[j] += w;
+            sq[j] += w * w;
+            cnt[j] += 1.0;
         }
     }
 
     template <class V>
-    int64_t plain_steps(const char* p, int64_t n, int64_t st, double* t1, double* t2, double* tc) {
+    int64_t scaled_steps(const char* p, double w, int64_t n, int64_t st) {
         constexpr int W = V::kWidth, K = 16 / W;
         V x1[K], x2[K], xc[K];
-        for (int k = 0; k < K; ++k) x1[k] = V::loadu(t1 + k * W), x2[k] = V::loadu(t2 + k * W), xc[k] = V::loadu(tc + k * W);
+        for (int k = 0; k < K; ++k) x1[k] = x2[k] = xc[k] = V::zero();
         const V s = V::set1(sh);
         const int64_t m = n - n % 16;
         for (int64_t i = 0; i < m; i += 16)
@@ -461,7 +467,15 @@ struct WeightedRun {
                 x1[k] = x1[k] + d;
                 x2[k] = x2[k] + d * d;
             }
-        for (int k = 0; k < K; ++k) x1[k].storeu(t1 + k * W), x2[k].storeu(t2 + k * W), xc[k].storeu(tc + k * W);
+        const V wv = V::set1(w), w2 = V::set1(w * w), per_slot = V::set1(static_cast<double>(m / 16));
+        for (int k = 0; k < K; ++k) {
+            const V c = Omit ? xc[k] : per_slot;
+            (V::loadu(a1 + k * W) + wv * x1[k]).storeu(a1 + k * W);
+            (V::loadu(a2 + k * W) + wv * x2[k]).storeu(a2 + k * W);
+            (V::loadu(sw + k * W) + wv * c).storeu(sw + k * W);
+            (V::loadu(sq + k * W) + w2 * c).storeu(sq + k * W);
+            (V::loadu(cnt + k * W) + c).storeu(cnt + k * W);
+        }
         return m;
     }
 
