@@ -369,3 +369,43 @@ def assert_matches(got, ref: Ref, *, mean_rtol: float = 8 * EPS64, m2_rtol: floa
             warnings.simplefilter("ignore", RuntimeWarning)
             var = np.asarray(got.with_ddof(ddof).variance if hasattr(got, "with_ddof") else got.variance)
         assert np.isnan(var[~live]).all(), f"variance of an empty index is not NaN{where}"
+
+
+@dataclass
+class WeightedRef:
+    """Exact weighted statistics (values of positive weight only), rounded once to float64."""
+
+    count: np.ndarray  # values of positive weight
+    mean: np.ndarray
+    m2: np.ndarray     # sum(w * (x - mean)**2)
+    sum_weights: np.ndarray
+    sum_weights_sq: np.ndarray
+
+
+def exact_weighted_reference(x, w, axis: AxisLike = -1) -> WeightedRef:
+    """Exact weighted moments of finite data ``x`` with weights ``w`` of ``x``'s shape (a mask
+    is 0/1 weights): every value and weight becomes a Fraction; for small inputs. An index with
+    no positive weight gets NaN mean and m2."""
+    x = np.asarray(x)
+    w = np.asarray(w)
+    assert w.shape == x.shape, (w.shape, x.shape)
+    kshape, y = as_columns(x, axis)
+    _, v = as_columns(w, axis)
+    ncols = y.shape[1]
+    out = {k: np.zeros(ncols) for k in ("mean", "m2", "sw", "sq")}
+    count = np.zeros(ncols, np.int64)
+    for j in range(ncols):
+        pairs = [(_exact_value(a), _exact_value(b)) for a, b in zip(y[:, j].tolist(), v[:, j].tolist())
+                 if b > 0]
+        count[j] = len(pairs)
+        sw = sum((b for _, b in pairs), Fraction(0))
+        out["sw"][j] = float(sw)
+        out["sq"][j] = float(sum((b * b for _, b in pairs), Fraction(0)))
+        if sw == 0:
+            out["mean"][j] = out["m2"][j] = np.nan
+            continue
+        mean = sum((a * b for a, b in pairs), Fraction(0)) / sw
+        out["mean"][j] = float(mean)
+        out["m2"][j] = float(sum((b * (a - mean) ** 2 for a, b in pairs), Fraction(0)))
+    return WeightedRef(count.reshape(kshape), out["mean"].reshape(kshape), out["m2"].reshape(kshape),
+                       out["sw"].reshape(kshape), out["sq"].reshape(kshape))

@@ -5,9 +5,13 @@
 
 namespace fastmoments::isa {
 
+Status reduce_weighted_baseline(const void*, DType, int, const int64_t*, const int64_t*, const void*, WeightType,
+                       const int64_t*, const bool*, WeightedState*, bool*, const ReduceOptions&);
 Status reduce_baseline(const void*, DType, int, const int64_t*, const int64_t*, const bool*,
                        MomentState*, const ReduceOptions&);
 #if defined(FM_HAVE_AVX2)
+Status reduce_weighted_avx2(const void*, DType, int, const int64_t*, const int64_t*, const void*, WeightType,
+                       const int64_t*, const bool*, WeightedState*, bool*, const ReduceOptions&);
 Status reduce_avx2(const void*, DType, int, const int64_t*, const int64_t*, const bool*,
                    MomentState*, const ReduceOptions&);
 static bool has_avx2() {
@@ -17,6 +21,8 @@ static bool has_avx2() {
 }
 #endif
 #if defined(FM_HAVE_AVX512)
+Status reduce_weighted_avx512(const void*, DType, int, const int64_t*, const int64_t*, const void*, WeightType,
+                       const int64_t*, const bool*, WeightedState*, bool*, const ReduceOptions&);
 Status reduce_avx512(const void*, DType, int, const int64_t*, const int64_t*, const bool*,
                      MomentState*, const ReduceOptions&);
 static bool has_avx512() {
@@ -31,12 +37,12 @@ static bool always() { return true; }
 const std::vector<Variant>& variants() {
     static const std::vector<Variant> v = {
 #if defined(FM_HAVE_AVX512)
-        {"avx512", &reduce_avx512, &has_avx512},
+        {"avx512", &reduce_avx512, &has_avx512, &reduce_weighted_avx512},
 #endif
 #if defined(FM_HAVE_AVX2)
-        {"avx2", &reduce_avx2, &has_avx2},
+        {"avx2", &reduce_avx2, &has_avx2, &reduce_weighted_avx2},
 #endif
-        {"baseline", &reduce_baseline, &always},
+        {"baseline", &reduce_baseline, &always, &reduce_weighted_baseline},
     };
     return v;
 }

@@ -8,16 +8,23 @@
 
 #include <fastmoments/dtypes.hpp>
 #include <fastmoments/reduce.hpp>
+#include <fastmoments/weighted_reduce.hpp>
 
 namespace fastmoments::isa {
 
 using ReduceFn = Status (*)(const void*, DType, int, const int64_t*, const int64_t*, const bool*,
                             MomentState*, const ReduceOptions&);
 
+// Weighted and masked reduction (csrc/core/fastmoments/weighted_reduce.hpp).
+using ReduceWeightedFn = Status (*)(const void*, DType, int, const int64_t*, const int64_t*, const void*,
+                                    WeightType, const int64_t*, const bool*, WeightedState*, bool*,
+                                    const ReduceOptions&);
+
 struct Variant {
     const char* name;
     ReduceFn reduce;
     bool (*supported)();
+    ReduceWeightedFn reduce_weighted;
 };
 
 // Compiled variants, best first; the first supported one is used unless overridden.

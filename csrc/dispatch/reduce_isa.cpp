@@ -47,6 +47,16 @@ Status FM_JOIN(reduce, FM_ISA_NAMESPACE)(const void* data, DType dtype, int ndim
     return fastmoments::FM_ISA_NAMESPACE::reduce(data, dtype, ndim, shape, strides, keep, out, opt);
 }
 
+Status FM_JOIN(reduce_weighted, FM_ISA_NAMESPACE)(const void* data, DType dtype, int ndim,
+                                                  const int64_t* shape, const int64_t* strides,
+                                                  const void* weights, WeightType wtype,
+                                                  const int64_t* wstrides, const bool* keep,
+                                                  WeightedState* out, bool* bad_weights,
+                                                  const ReduceOptions& opt) {
+    return fastmoments::FM_ISA_NAMESPACE::reduce_weighted(data, dtype, ndim, shape, strides, weights, wtype,
+                                                          wstrides, keep, out, bad_weights, opt);
+}
+
 }  // namespace fastmoments::isa
 
 #if defined(FM_ISA_TARGET)

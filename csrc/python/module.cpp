@@ -7,6 +7,7 @@ namespace fastmoments::python {
 void register_reduce(py::module_& m);
 void register_build_info(py::module_& m);
 void register_stream(py::module_& m);
+void register_weighted(py::module_& m);
 }  // namespace fastmoments::python
 
 PYBIND11_MODULE(_core, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
     fastmoments::python::register_reduce(m);
     fastmoments::python::register_build_info(m);
     fastmoments::python::register_stream(m);
+    fastmoments::python::register_weighted(m);
 }

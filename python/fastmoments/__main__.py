@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--nan-policy", choices=("propagate", "omit", "raise"), default="propagate")
     st.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                     help="threads (default: the CPUs this process may use)")
+    st.add_argument("--weights", metavar="FILE",
+                    help="a .npy of non-negative weights read beside the data (memory-mapped): one "
+                         "per row (length N) or broadcastable to the data; the data must be one .npy")
+    st.add_argument("--where", metavar="FILE",
+                    help="a boolean .npy mask broadcastable to the data (only True values count)")
     st.add_argument("--out", metavar="FILE", help="write the statistics to FILE.npz or FILE.json")
     st.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar on stderr (default: when stderr is a terminal)")
@@ -240,11 +245,14 @@ def write_stats(r, out: str, *, axis, ddof: int, nan_policy: str, sources: List[
     count = np.asarray(r.count, dtype=np.int64)
     mean = np.asarray(r.mean, dtype=np.float64)
     m2 = np.asarray(r.m2, dtype=np.float64)
+    weight_sums = {} if not r.weighted else {
+        "sum_weights": np.asarray(r.sum_weights, np.float64),
+        "sum_weights_sq": np.asarray(r.sum_weights_sq, np.float64)}
     lower = out.lower()
     if lower.endswith(".npz"):
         with open(out, "wb") as f:  # a file object: np.savez would append ".npz" to "X.NPZ"
             np.savez(f, count=count, mean=mean, m2=m2, variance=variance, std=std,
-                     ddof=np.int64(ddof))
+                     ddof=np.int64(ddof), **weight_sums)
     elif lower.endswith(".json"):
         doc = {
             "sources": sources,
@@ -258,6 +266,7 @@ def write_stats(r, out: str, *, axis, ddof: int, nan_policy: str, sources: List[
             "variance": _json_value(variance),
             "std": _json_value(std),
         }
+        doc.update({k: _json_value(v) for k, v in weight_sums.items()})
         with open(out, "w", encoding="utf-8") as f:
             json.dump(doc, f, allow_nan=False)
             f.write("\n")
@@ -274,10 +283,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     description, nbytes = _describe_sources(paths, args.recursive)
     data: Any = paths[0] if len(paths) == 1 else paths
+    weighting = {}
+    if args.weights is not None or args.where is not None:
+        from ._npyfile import load_npy
+
+        if len(paths) != 1 or not paths[0].lower().endswith(".npy") or args.recursive:
+            raise CommandError("--weights and --where need exactly one .npy data file")
+        data = load_npy(paths[0])  # memory maps: the kernel reads data and weights in place
+        if args.weights is not None:
+            weighting["weights"] = load_npy(args.weights)
+        if args.where is not None:
+            weighting["where"] = load_npy(args.where)
     t0 = time.perf_counter()
     r = fastmoments.compute(data, axis=args.axis, ddof=args.ddof, nan_policy=args.nan_policy,
                             threads=args.threads, progress=progress, recursive=args.recursive,
-                            on_error=args.on_error)
+                            on_error=args.on_error, **weighting)
     seconds = time.perf_counter() - t0
     axis_text = "none" if args.axis is None else str(args.axis)
     rate = ""

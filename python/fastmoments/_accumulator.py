@@ -32,13 +32,15 @@ class Accumulator:
         self.threads = threads
         self._state: Optional[Moments] = None
 
-    def update(self, batch, **kwargs) -> "Accumulator":
+    def update(self, batch, *, weights=None, where=None, **kwargs) -> "Accumulator":
         """Adds ``batch`` (anything :func:`fastmoments.compute` reads); a batch with no rows adds
-        nothing (its kept shape must still match earlier batches)."""
+        nothing (its kept shape must still match earlier batches). ``weights``/``where`` weight
+        or mask this batch as in :func:`fastmoments.compute`; unweighted batches merge with
+        weighted ones as unit weights."""
 
         try:
             part = compute(batch, axis=self.axis, ddof=self.ddof, nan_policy=self.nan_policy,
-                           threads=self.threads, **kwargs)
+                           threads=self.threads, weights=weights, where=where, **kwargs)
         except EmptyReductionError as exc:
             if self._state is not None and exc.kept_shape != self._state.shape:
                 raise ValueError(f"batch statistics have shape {exc.kept_shape}, earlier batches "

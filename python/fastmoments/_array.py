@@ -13,7 +13,7 @@ from ._dtypes import dtype_code, is_floating, is_native
 from ._finish import check_reduction, finish, kernel_omits, values_per_output
 from ._moments import Moments, State
 from ._progress import progress_reporter
-from ._checks import ComputeOptions
+from ._checks import ComputeOptions, WEIGHT_CODES, check_weights, check_where, weights_problem
 
 # Blocks of this many bytes are converted at a time where the kernel cannot read the array as
 # it is (non-native byte order): bounded extra memory instead of a full-size copy.
@@ -21,8 +21,12 @@ CONVERT_BLOCK_BYTES = 8 << 20
 
 
 def reduce_ndarray(arr: np.ndarray, kept: Tuple[int, ...], *, omit: bool, threads: int,
-                   report=None) -> State:
-    """The state of ``arr`` over every axis not in ``kept`` (checked arguments; one pass)."""
+                   report=None, weights: Optional[np.ndarray] = None) -> State:
+    """The state of ``arr`` over every axis not in ``kept`` (checked arguments; one pass).
+    ``weights``: a view of ``arr``'s shape from ``check_weights``/``check_where`` (a bool mask or
+    float weights): the weighted kernel, and a weighted state."""
+    if weights is not None:
+        return _reduce_weighted(arr, weights, kept, omit, threads, report)
     code = dtype_code(arr.dtype)
     keep = keep_mask(kept, arr.ndim)
     out_shape = tuple(arr.shape[i] for i in kept)
@@ -56,17 +60,73 @@ def _reduce_converting(arr, keep, code, omit, threads, report, out_shape) -> Sta
     return total.reshape(out_shape)
 
 
+def _reduce_weighted(arr, weights, kept, omit, threads, report) -> State:
+    keep = keep_mask(kept, arr.ndim)
+    out_shape = tuple(arr.shape[i] for i in kept)
+    if not is_native(arr.dtype) and arr.size > 1:
+        return _weighted_converting(arr, weights, kept, omit, threads, report)
+    if not is_native(arr.dtype):
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    poll = None if report is None else (lambda done, total: report(done * arr.dtype.itemsize))
+    *parts, bad = _core.reduce_weighted(arr, weights, keep, dtype_code(arr.dtype),
+                                        WEIGHT_CODES[weights.dtype], omit, threads, poll)
+    if bad:
+        raise ValueError(weights_problem(weights) or "weights must be finite and non-negative")
+    return State.of(parts, out_shape)
+
+
+def _weighted_converting(arr, weights, kept, omit, threads, report) -> State:
+    """Non-native byte order: convert and reduce blocks along the outermost axis (weights
+    sliced alongside)."""
+    native = arr.dtype.newbyteorder("=")
+    keep = keep_mask(kept, arr.ndim)
+    axis = int(np.argmax([abs(s) if n > 1 else -1 for s, n in zip(arr.strides, arr.shape)]))
+    slice_bytes = max(1, arr.nbytes // max(1, arr.shape[axis]))
+    step = max(1, CONVERT_BLOCK_BYTES // slice_bytes)
+    parts = []
+    for start in range(0, arr.shape[axis], step):
+        index = [slice(None)] * arr.ndim
+        index[axis] = slice(start, start + step)
+        block = np.ascontiguousarray(arr[tuple(index)], dtype=native)
+        parts.append(_reduce_weighted(block, weights[tuple(index)], kept, omit, threads, None))
+        if report is not None:
+            report(min(arr.shape[axis], start + step) * slice_bytes)
+    if keep[axis]:
+        return State.concatenate(parts, axis=sum(keep[:axis]))
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.merge(p)
+    return total
+
+
+def weights_view(arr: np.ndarray, weights, where) -> Optional[np.ndarray]:
+    """The one weight array the kernel reads for ``weights=``/``where=`` (checked), or None:
+    a view of ``arr``'s shape (a mask stays a mask; both given: weights zeroed where masked)."""
+    if weights is None and where is None:
+        return None
+    mask = None if where is None else check_where(where, arr.shape)
+    if weights is None:
+        return mask
+    w = check_weights(weights, arr.shape)
+    if mask is None:
+        return w
+    return np.where(mask, w, w.dtype.type(0))
+
+
 def array_moments(arr: np.ndarray, opts: ComputeOptions, sample: Optional[float] = None) -> Moments:
     """The in-memory door: moments of an ndarray (or memmap) with checked options."""
     kept = normalize_keep_axes(opts.axis, arr.ndim)
     check_reduction(arr.shape, kept)
     floating = is_floating(arr.dtype)
+    weights = weights_view(arr, opts.weights, opts.where)
 
     def run(omit: bool, report=None) -> State:
-        return reduce_ndarray(arr, kept, omit=omit, threads=opts.threads, report=report)
+        return reduce_ndarray(arr, kept, omit=omit, threads=opts.threads, report=report,
+                              weights=weights)
 
     with progress_reporter(opts.progress, arr.nbytes) as report:
         state = run(kernel_omits(opts.nan_policy, floating), report)
+    # Weighted: the values that count are those of positive weight, which the pass just counted.
+    expected = values_per_output(arr.shape, kept) if weights is None else state.count
     return finish(state, nan_policy=opts.nan_policy, floating=floating,
-                  expected=values_per_output(arr.shape, kept), ddof=opts.ddof, sample=sample,
-                  rerun=run)
+                  expected=expected, ddof=opts.ddof, sample=sample, rerun=run)

@@ -101,8 +101,9 @@ def as_array(data: Any) -> np.ndarray:
     """An ndarray view of in-memory ``data`` without copying arrays or memmaps; ``TypeError``
     naming what it got for anything that is not an array of numbers."""
     if isinstance(data, np.ma.MaskedArray):
-        raise TypeError("fastmoments does not read the mask of a numpy.ma.MaskedArray; pass "
-                        "data.filled(np.nan) with nan_policy='omit', or data.compressed()")
+        raise TypeError("this door does not read the mask of a numpy.ma.MaskedArray; "
+                        "fastmoments.compute reads it (as where=~mask), or pass "
+                        "data.filled(np.nan) with nan_policy='omit'")
     if isinstance(data, np.ndarray):
         return data
     if isinstance(data, (complex, np.complexfloating)):
@@ -115,6 +116,96 @@ def as_array(data: Any) -> np.ndarray:
         raise TypeError(f"fastmoments computes moments of arrays of numbers, got "
                         f"{type(data).__name__} {short_repr(data)}")
     return arr
+
+
+# Weight storage the weighted kernel reads (``_core.reduce_weighted``'s weight codes); other
+# number types are converted to float64 (a copy of the weights, not of the data).
+WEIGHT_CODES = {np.dtype(np.float64): 0, np.dtype(np.float32): 1, np.dtype(np.bool_): 2}
+
+
+def split_masked(data: Any, where: Any) -> Tuple[Any, Any]:
+    """A ``numpy.ma.MaskedArray`` is its data with ``where=~mask`` (masked values do not exist
+    for the statistics), joined with the caller's ``where`` if both are given."""
+    if not isinstance(data, np.ma.MaskedArray):
+        return data, where
+    mask = np.ma.getmask(data)
+    values = np.ma.getdata(data)
+    if mask is np.ma.nomask:
+        return values, where
+    keep = ~mask
+    if where is not None:
+        w = check_where(where, values.shape)
+        keep = keep & w
+    return values, keep
+
+
+def aligned_shape(wshape: Tuple[int, ...], shape: Tuple[int, ...], name: str, rows: bool) -> Tuple[int, ...]:
+    """The shape weights (``rows``) or a mask of shape ``wshape`` take before NumPy broadcasting
+    to the data's ``shape``: a 1-D array of length ``shape[0]`` on data of 2+ dimensions is one
+    weight per row (axis 0), as ``np.average``'s 1-D weights along the reduced axis and Keras's
+    ``sample_weight``. ``ValueError`` with both shapes when they do not broadcast."""
+    wshape, shape = tuple(wshape), tuple(shape)
+    if rows and len(wshape) == 1 and len(shape) > 1 and wshape[0] == shape[0]:
+        return (shape[0],) + (1,) * (len(shape) - 1)
+    try:
+        ok = np.broadcast_shapes(wshape, shape) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} of shape {wshape} does not broadcast to the data's shape {shape}")
+    return wshape
+
+
+def _broadcast(arr: np.ndarray, shape: Tuple[int, ...], name: str, rows: bool) -> np.ndarray:
+    """``arr`` as a read-only view of ``shape`` (stride 0 on broadcast axes; see aligned_shape)."""
+    return np.broadcast_to(arr.reshape(aligned_shape(arr.shape, shape, name, rows)), shape)
+
+
+def check_where_dtype(dtype: Any) -> None:
+    if np.dtype(dtype) != np.bool_:
+        raise ValueError(f"where must be a boolean mask (NumPy's where=), got dtype {dtype}")
+
+
+def check_weights_dtype(dtype: Any) -> None:
+    if np.dtype(dtype).kind not in "biuf":
+        raise ValueError(f"weights must be real numbers, got dtype {dtype}")
+
+
+def check_where(where: Any, shape: Tuple[int, ...]) -> np.ndarray:
+    """``where=``: a boolean mask broadcastable to the data (NumPy's meaning), as a view."""
+    arr = np.asarray(where)
+    check_where_dtype(arr.dtype)
+    return _broadcast(arr, shape, "where", rows=False)
+
+
+def check_weights(weights: Any, shape: Tuple[int, ...]) -> np.ndarray:
+    """``weights=``: non-negative finite numbers broadcastable to the data (a 1-D vector of
+    length ``shape[0]`` weights the rows), as a view of the data's shape in a stored type the
+    kernel reads. The values are checked by the kernel as it reads them (one pass); a weight it
+    flags is named by :func:`weights_problem`. Small weight arrays are checked here at once."""
+    arr = np.asarray(weights)
+    check_weights_dtype(arr.dtype)
+    if arr.dtype not in WEIGHT_CODES or not arr.dtype.isnative:
+        arr = arr.astype(np.float64)
+    if arr.size <= 1 << 16:
+        problem = weights_problem(arr)
+        if problem:
+            raise ValueError(problem)
+    return _broadcast(arr, shape, "weights", rows=True)
+
+
+def weights_problem(weights: np.ndarray) -> Optional[str]:
+    """What is wrong with ``weights`` (NaN, infinite or negative values), or None."""
+    if weights.dtype.kind != "f":
+        return None if weights.dtype.kind != "i" or weights.size == 0 or weights.min() >= 0 else \
+            "weights must be non-negative, got a negative weight"
+    if np.isnan(weights).any():
+        return "weights must be finite, got NaN"
+    if np.isinf(weights).any():
+        return "weights must be finite, got an infinite weight"
+    if weights.size and weights.min() < 0:
+        return f"weights must be non-negative, got {float(weights.min())!r}"
+    return None
 
 
 def short_repr(obj: Any, limit: int = 60) -> str:
@@ -138,3 +229,5 @@ class ComputeOptions:
     shape: Optional[Tuple[int, ...]] = None
     recursive: bool = False
     on_error: str = "raise"
+    weights: Any = None
+    where: Any = None

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple, Union
 
+import numpy as np
+
 from ._array import array_moments
 from ._axes import AxisLike
 from ._checks import (ComputeOptions, as_array, check_ddof, check_device, check_nan_policy,
                       check_on_error, check_recursive, check_sample, check_threads,
-                      default_threads)
+                      default_threads, split_masked)
 from ._moments import Moments
-from ._routes import find_route
+from ._routes import find_route, is_dask_collection
 
 __all__ = ["compute", "default_threads"]
 
 
-def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = "propagate",
+def compute(data: Any, axis: AxisLike = -1, *, weights: Any = None, where: Any = None, ddof: int = 0, nan_policy: str = "propagate",
             threads: Optional[int] = None,
             progress: Union[bool, Callable[[int, int], Any]] = False,
             device: str = "auto", sample: Optional[Union[float, int]] = None,
@@ -68,6 +70,20 @@ def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = 
         running), or, with "skip", is left out and listed in the result's ``skipped`` as
         ``(path, reason)`` pairs.
 
+    weights : array_like, optional
+        Non-negative finite weights broadcastable to ``data`` (NumPy rules), as ``np.average``'s;
+        a 1-D vector of length ``data.shape[0]`` weights the rows (axis 0). Mean
+        ``sum(w*x)/sum(w)``, ``m2 = sum(w*(x - mean)**2)``, :attr:`Moments.variance`
+        ``m2 / (sum(w) - ddof)`` (frequency weights) and :attr:`Moments.reliability_variance`
+        (``np.cov``'s ``aweights``); ``count`` is the number of values of positive weight. A
+        value of weight 0 does not exist for the statistics (even NaN or inf). Negative, NaN or
+        infinite weights raise ``ValueError``. In-memory arrays, memory maps and Dask arrays.
+    where : array_like of bool, optional
+        NumPy's ``where=`` (``np.mean(x, where=m)``): only values where the mask is True count;
+        per-index counts as under ``nan_policy="omit"``. An index with no value left (or whose
+        weights sum to 0) has NaN statistics and its variance warns. A ``numpy.ma.MaskedArray``
+        is read as its data with ``where=~mask``.
+
     Returns
     -------
     Moments
@@ -85,12 +101,25 @@ def compute(data: Any, axis: AxisLike = -1, *, ddof: int = 0, nan_policy: str = 
     11.916666666666666
     """
     check_sample(sample)
+    data, where = split_masked(data, where)
     opts = ComputeOptions(axis=axis, ddof=check_ddof(ddof), nan_policy=check_nan_policy(nan_policy),
                           threads=check_threads(threads), progress=progress, device=check_device(device),
                           sample=sample, sample_seed=sample_seed, dtype=dtype,
                           shape=None if shape is None else tuple(shape),
-                          recursive=check_recursive(recursive), on_error=check_on_error(on_error))
+                          recursive=check_recursive(recursive), on_error=check_on_error(on_error),
+                          weights=weights, where=where)
+    weighted = weights is not None or where is not None
+    if weighted and isinstance(data, np.ndarray) and device != "cuda":
+        # A memory map is read in place by the CPU kernel, its weights alongside.
+        if sample is not None or dtype is not None or shape is not None:
+            raise ValueError("sample=, dtype= and shape= apply to files, not to in-memory arrays")
+        return array_moments(data, opts)
     route = find_route(data, device)
+    if weighted and route is not None and not is_dask_collection(data):
+        raise ValueError(f"weights= and where= are supported for NumPy arrays, memory maps and "
+                         f"Dask arrays; "
+                         f"not yet for {type(data).__name__} inputs (open a .npy file with "
+                         f"np.load(path, mmap_mode='r'))")
     if route is not None:
         return route(data, opts)
     if sample is not None or dtype is not None or shape is not None:

@@ -53,6 +53,42 @@ def combine(
 ) -> _States:
     """Elementwise Chan merge of two sets of ``(count, mean, m2[, mean_lo])`` of one size."""
 
+# (count, mean, m2, mean_lo, sum_weights, sum_weights_sq) of weighted states.
+_WeightedStates = Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64],
+                        npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+def reduce_weighted(
+    array: np.ndarray,
+    weights: np.ndarray,
+    keep: Sequence[bool],
+    dtype_code: int,
+    weight_code: int,
+    nan_omit: bool = False,
+    threads: int = 1,
+    poll: Optional[Callable[[int, int], object]] = None,
+    isa: str = "",
+) -> Tuple[Any, ...]:
+    """Per-output ``(count, mean, m2, mean_lo, sum_weights, sum_weights_sq, bad_weights)`` of
+    ``array`` weighted by ``weights`` (the array's shape, any strides; stride 0 broadcasts).
+    ``weight_code``: 0 float64, 1 float32, 2 bool mask. ``bad_weights`` is True when a weight
+    was negative, NaN or infinite (the states are then meaningless). GIL released."""
+
+def combine_weighted(
+    count_a: npt.ArrayLike,
+    mean_a: npt.ArrayLike,
+    m2_a: npt.ArrayLike,
+    mean_lo_a: npt.ArrayLike,
+    sum_weights_a: npt.ArrayLike,
+    sum_weights_sq_a: npt.ArrayLike,
+    count_b: npt.ArrayLike,
+    mean_b: npt.ArrayLike,
+    m2_b: npt.ArrayLike,
+    mean_lo_b: npt.ArrayLike,
+    sum_weights_b: npt.ArrayLike,
+    sum_weights_sq_b: npt.ArrayLike,
+) -> _WeightedStates:
+    """Elementwise weighted Chan merge of two sets of weighted states of one size."""
+
 def read_bandwidth(buffer: Any, threads: int = 1) -> int:
     """Sum of the buffer's 64-bit words: a plain multi-threaded read loop for benchmarks."""
 

@@ -56,11 +56,13 @@ def finish(state: State, *, nan_policy: str, floating: bool, expected: Union[int
             counted = rerun(True).count if np.isnan(state.mean).any() else expected
         if np.any(counted != expected):
             raise ValueError("the data contains NaN (nan_policy='raise')")
-    if nan_policy == "omit" and not np.all(state.count):
-        # Like np.nanmean/np.nanvar: an index whose values were all NaN has NaN statistics.
+    if (nan_policy == "omit" or state.weighted) and not np.all(state.count):
+        # Like np.nanmean/np.nanvar: an index whose values were all NaN has NaN statistics; so
+        # has a weighted index whose weights are all zero (or that is fully masked, where=):
+        # its variance warns as an empty index under "omit" does (Moments.variance).
         empty = state.count == 0
         state = State(state.count, np.where(empty, np.nan, state.mean),
-                      np.where(empty, np.nan, state.m2), state.mean_lo)
+                      np.where(empty, np.nan, state.m2), state.mean_lo, *state.arrays[4:])
     return Moments.from_state(state, ddof=ddof, sample=sample)
 
 

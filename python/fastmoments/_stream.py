@@ -564,8 +564,8 @@ def _reduce_streamed(src: StreamedMember, keep_c, cshape, ranges, omit, opts, re
         pos = off + want
         part = reduce_ndarray(piece, kept, omit=omit, threads=opts.threads)
         at = slice(base, base + part.count.size)
-        merged = State(*(a[at] for a in out)).merge(part.reshape((part.count.size,)))
-        for whole, new in zip(out, merged):
+        merged = State(*(a[at] for a in out.arrays)).merge(part.reshape((part.count.size,)))
+        for whole, new in zip(out.arrays, merged.arrays):
             whole[at] = new
         done += want
         if report is not None:
@@ -605,7 +605,7 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
                                  f"{(r1 - r0,) + tuple(cshape[1:])}")
             part = reduce_ndarray(arr, kept, omit=omit, threads=opts.threads)
             if keep_c[0]:
-                for whole, new in zip(out, part):
+                for whole, new in zip(out.arrays, part.arrays):
                     whole[r0:r1] = new
             else:
                 out = out.merge(part)
@@ -746,7 +746,7 @@ def _compute_sources(sources, opts: ComputeOptions,
                             raw = _reduce_chunked(src, keep_c, cshape, ranges, omit, opts, sub)
                         state = State.of(raw, kept_shape(cshape, tuple(i for i, k in enumerate(keep_c) if k)))
                         if fortran:
-                            state = State(*(a.T.copy() for a in state))  # (ascontiguousarray makes 0-d 1-d)
+                            state = State(*(a.T.copy() for a in state.arrays))  # (ascontiguousarray makes 0-d 1-d)
                 except (ValueError, OSError) as exc:
                     if opts.on_error != "skip":
                         raise

@@ -25,20 +25,25 @@ import numpy as np
 
 from ._axes import AxisLike, normalize_keep_axes
 from ._array import array_moments
-from ._checks import ComputeOptions, as_array, check_ddof, check_nan_policy, check_threads
+from ._checks import (ComputeOptions, aligned_shape, as_array, check_ddof, check_nan_policy,
+                      check_threads, check_weights_dtype, check_where_dtype)
 from ._dtypes import dtype_code
-from ._finish import check_reduction
+from ._finish import check_reduction, finish
 from ._moments import Moments
 from ._progress import progress_reporter
 from ._routes import wants_gpu
 
-__all__ = ["STATE_DTYPE", "compute_eager", "moments", "moments_to_states", "state_array",
+__all__ = ["STATE_DTYPE", "WEIGHTED_STATE_DTYPE", "compute_eager", "moments", "moments_to_states", "state_array",
            "states_to_moments"]
 
 #: One partial state per kept index: what a chunk task returns and what merges consume.
 #: ``mean_lo`` is the rounding residual of ``mean`` (see :class:`fastmoments.Moments`).
 STATE_DTYPE = np.dtype([("count", np.int64), ("mean", np.float64), ("m2", np.float64),
                         ("mean_lo", np.float64)])
+#: The weighted state (``weights=``/``where=``): :data:`STATE_DTYPE` plus the weight sums.
+WEIGHTED_STATE_DTYPE = np.dtype(STATE_DTYPE.descr + [("sum_weights", np.float64),
+                                                     ("sum_weights_sq", np.float64)])
+_WEIGHT_FIELDS = ("sum_weights", "sum_weights_sq")
 
 
 # -- conversions between Moments and plain structured arrays -------------------------------------
@@ -46,9 +51,9 @@ def moments_to_states(m: Moments) -> np.ndarray:
     """A structured array of :data:`STATE_DTYPE` with the shape of ``m`` holding its state."""
     if not isinstance(m, Moments):
         raise TypeError(f"expected Moments, got {type(m).__name__}")
-    out = np.empty(m.shape, dtype=STATE_DTYPE)
     d = m.to_dict()
-    for field in ("count", "mean", "m2", "mean_lo"):
+    out = np.empty(m.shape, dtype=WEIGHTED_STATE_DTYPE if m.weighted else STATE_DTYPE)
+    for field in out.dtype.names:
         out[field] = d[field]
     return out
 
@@ -56,15 +61,17 @@ def moments_to_states(m: Moments) -> np.ndarray:
 def states_to_moments(states: np.ndarray, *, ddof: int = 0) -> Moments:
     """The :class:`~fastmoments.Moments` held by a structured array of :data:`STATE_DTYPE`."""
     states = np.asarray(states)
-    if states.dtype != STATE_DTYPE:
-        raise TypeError(f"expected a structured array of dtype {STATE_DTYPE}, got {states.dtype}")
+    if states.dtype not in (STATE_DTYPE, WEIGHTED_STATE_DTYPE):
+        raise TypeError(f"expected a structured array of dtype {STATE_DTYPE} (or "
+                        f"{WEIGHTED_STATE_DTYPE}), got {states.dtype}")
+    weights = {f: states[f].copy() for f in _WEIGHT_FIELDS if f in states.dtype.names}
     return Moments(states["count"].copy(), states["mean"].copy(), states["m2"].copy(), ddof=ddof,
-                   mean_lo=states["mean_lo"].copy())
+                   mean_lo=states["mean_lo"].copy(), **weights)
 
 
-def _zero_states(shape: Tuple[int, ...]) -> np.ndarray:
+def _zero_states(shape: Tuple[int, ...], dtype: np.dtype = STATE_DTYPE) -> np.ndarray:
     # count 0 is the identity of the merge: an empty chunk contributes nothing.
-    return np.zeros(shape, dtype=STATE_DTYPE)
+    return np.zeros(shape, dtype=dtype)
 
 
 # -- the three functions of dask.array.reduction -------------------------------------------------
@@ -96,6 +103,26 @@ def _block_moments(block: Any, kept: Tuple[int, ...], nan_policy: str, threads: 
     return array_moments(as_array(block), opts)
 
 
+def _weighted_chunk_states(block: np.ndarray, wblock: np.ndarray, *, reduced: Tuple[int, ...],
+                           mask: bool, nan_policy: str, threads: int) -> np.ndarray:
+    """Partial weighted states of one block and its aligned weights (or mask) block, with the
+    reduced axes kept at length 1."""
+    ndim = block.ndim
+    kept = tuple(i for i in range(ndim) if i not in reduced)
+    out_shape = tuple(1 if i in reduced else block.shape[i] for i in range(ndim))
+    if block.size == 0 or math.prod(block.shape[i] for i in reduced) == 0:
+        return _zero_states(out_shape, WEIGHTED_STATE_DTYPE)
+    opts = ComputeOptions(axis=kept if kept else None, nan_policy=nan_policy, threads=threads,
+                          **({"where": wblock} if mask else {"weights": wblock}))
+    m = array_moments(as_array(block), opts)
+    return moments_to_states(m).reshape(out_shape)
+
+
+def _pass_states(states: np.ndarray, axis: Tuple[int, ...], keepdims: bool = True, **_: Any) -> np.ndarray:
+    """The chunk step of the reduction over per-block states: they are states already."""
+    return states
+
+
 def _merge_states(states: np.ndarray, axis: Tuple[int, ...], keepdims: bool = True,
                   **_: Any) -> np.ndarray:
     """Merge the states along ``axis`` (a concatenation of partial states) into one per index."""
@@ -105,7 +132,7 @@ def _merge_states(states: np.ndarray, axis: Tuple[int, ...], keepdims: bool = Tr
     n_parts = math.prod(states.shape[i] for i in axis)
     front = np.moveaxis(states, axis, tuple(range(len(axis)))).reshape((n_parts,) + kept_shape)
     if front.shape[0] == 0:
-        merged = _zero_states(kept_shape)
+        merged = _zero_states(kept_shape, states.dtype)
     else:
         parts: List[Moments] = [states_to_moments(front[k]) for k in range(front.shape[0])]
         # Pairwise tree: log-depth rounding, and the same grouping wherever the task runs.
@@ -121,6 +148,11 @@ def _merge_states(states: np.ndarray, axis: Tuple[int, ...], keepdims: bool = Tr
 
 
 def _finalize(states: np.ndarray, ddof: int, nan_policy: str) -> Moments:
+    if states.dtype == WEIGHTED_STATE_DTYPE:
+        # The NaN rule for indices with no value of positive weight (the blocks applied the
+        # NaN policy already).
+        return finish(states_to_moments(states).state, nan_policy="propagate", floating=True,
+                      expected=0, ddof=ddof)
     # Arrays of unknown length (e.g. boolean-filtered) can only be found empty here.
     if nan_policy != "omit" and states.size and not np.any(states["count"]):
         raise ValueError("cannot compute moments of an empty reduction: the dask array has no "
@@ -139,9 +171,38 @@ def _check_dask_array(darr: Any):
     return da
 
 
+def _aligned(da, arr: Any, darr: Any, name: str, rows: bool):
+    """Weights or a mask as a dask array of ``darr``'s shape and chunks (the rule of
+    ``_checks.aligned_shape``: a 1-D vector of length ``shape[0]`` weights the rows)."""
+    a = arr if isinstance(arr, da.Array) else da.from_array(np.asarray(arr))
+    (check_weights_dtype if rows else check_where_dtype)(a.dtype)
+    a = a.reshape(aligned_shape(a.shape, darr.shape, name, rows))
+    return da.broadcast_to(a, darr.shape).rechunk(darr.chunks)
+
+
+def _weighted_state_array(da, darr, kept, reduced, weights, where, split_every, nan_policy, threads):
+    mask = weights is None
+    w = None if weights is None else _aligned(da, weights, darr, "weights", rows=True)
+    m = None if where is None else _aligned(da, where, darr, "where", rows=False)
+    if w is not None and m is not None:
+        w = da.where(m, w.astype(np.float64), 0.0)
+    chunks = tuple((1,) * len(c) if i in reduced else c for i, c in enumerate(darr.chunks))
+    blocks = da.map_blocks(partial(_weighted_chunk_states, reduced=reduced, mask=mask,
+                                   nan_policy=nan_policy, threads=threads),
+                           darr, m if mask else w, dtype=WEIGHTED_STATE_DTYPE, chunks=chunks,
+                           meta=np.empty((0,) * darr.ndim, dtype=WEIGHTED_STATE_DTYPE),
+                           name="fastmoments-weighted-chunk")
+    return da.reduction(blocks, _pass_states, _merge_states, combine=_merge_states, axis=reduced,
+                        keepdims=False, dtype=WEIGHTED_STATE_DTYPE, split_every=split_every,
+                        concatenate=True, name="fastmoments-weighted",
+                        meta=np.empty((0,) * len(kept), dtype=WEIGHTED_STATE_DTYPE))
+
+
 def state_array(darr: Any, axis: AxisLike = -1, *, split_every: Optional[Any] = None,
-                nan_policy: str = "propagate", threads: int = 1, device: str = "auto"):
-    """The lazy reduction itself: a dask array of :data:`STATE_DTYPE` with the kept shape.
+                nan_policy: str = "propagate", threads: int = 1, device: str = "auto",
+                weights: Any = None, where: Any = None):
+    """The lazy reduction itself: a dask array of :data:`STATE_DTYPE` with the kept shape
+    (:data:`WEIGHTED_STATE_DTYPE` with ``weights``/``where``).
 
     Its blocks follow the chunks of ``darr`` along the kept axes. Most users want
     :func:`moments`; this is for keeping the per-index states as a dask array.
@@ -153,6 +214,11 @@ def state_array(darr: Any, axis: AxisLike = -1, *, split_every: Optional[Any] = 
     kept = normalize_keep_axes(axis, darr.ndim)
     reduced = tuple(i for i in range(darr.ndim) if i not in kept)
     check_reduction(darr.shape, kept, what="dask array")
+    if weights is not None or where is not None:
+        if device == "cuda":
+            raise ValueError("weights= and where= run on the CPU kernel; not with device='cuda'")
+        return _weighted_state_array(da, darr, kept, reduced, weights, where, split_every,
+                                     nan_policy, threads)
     chunk = partial(_chunk_states, nan_policy=nan_policy, threads=threads, device=device)
     return da.reduction(darr, chunk, _merge_states, combine=_merge_states, axis=reduced,
                         keepdims=False, dtype=STATE_DTYPE, split_every=split_every,
@@ -161,7 +227,8 @@ def state_array(darr: Any, axis: AxisLike = -1, *, split_every: Optional[Any] = 
 
 
 def moments(darr: Any, axis: AxisLike = -1, split_every: Optional[Any] = None, *, ddof: int = 0,
-            nan_policy: str = "propagate", threads: int = 1, device: str = "auto"):
+            nan_policy: str = "propagate", threads: int = 1, device: str = "auto",
+            weights: Any = None, where: Any = None):
     """Lazy per-feature moments of a dask array; ``.compute()`` gives a ``fastmoments.Moments``.
 
     Parameters
@@ -179,6 +246,10 @@ def moments(darr: Any, axis: AxisLike = -1, split_every: Optional[Any] = None, *
         Kernel threads per chunk task. Keep 1 when Dask runs several tasks per machine.
     device : {"auto", "cpu", "cuda"}
         Passed to the per-chunk :func:`fastmoments.compute` (GPU-backed chunks go to the GPU).
+    weights, where : dask or NumPy arrays, optional
+        As in :func:`fastmoments.compute` (same broadcasting; a 1-D vector of length
+        ``darr.shape[0]`` weights the rows); rechunked to ``darr``'s chunks and reduced
+        block by block beside it.
 
     Returns
     -------
@@ -189,7 +260,7 @@ def moments(darr: Any, axis: AxisLike = -1, split_every: Optional[Any] = None, *
 
     ddof = check_ddof(ddof)
     states = state_array(darr, axis, split_every=split_every, nan_policy=nan_policy,
-                         threads=threads, device=device)
+                         threads=threads, device=device, weights=weights, where=where)
     return dask.delayed(_finalize, pure=True)(states, ddof, nan_policy)
 
 
@@ -205,7 +276,7 @@ def compute_eager(data: Any, opts: ComputeOptions) -> Moments:
     if opts.sample is not None or opts.dtype is not None or opts.shape is not None:
         raise ValueError("sample=, dtype= and shape= apply to files, not to dask arrays")
     lazy = moments(data, opts.axis, ddof=opts.ddof, nan_policy=opts.nan_policy, threads=1,
-                   device=opts.device)
+                   device=opts.device, weights=opts.weights, where=opts.where)
     total = 0 if any(math.isnan(s) for s in data.shape) else int(data.nbytes)
     with progress_reporter(opts.progress, total) as report:
         if report is None:

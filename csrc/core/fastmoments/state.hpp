@@ -94,4 +94,81 @@ FM_HOST_DEVICE inline MomentState from_shifted_sums(int64_t n, double shift, dou
 }
 
 }  // namespace FM_ISA_NAMESPACE
+// ---- weighted states ---------------------------------------------------------------------------
+// The state of weighted values (weights w > 0; a zero weight or a masked value does not exist for
+// the statistics): count = values with w > 0, wsum = sum(w), w2sum = sum(w^2), mean = sum(w*x)/wsum
+// (as mean + mean_lo), m2 = sum(w*(x - mean)^2). An unweighted MomentState is the weighted state
+// with every w = 1 (wsum = w2sum = count): see as_weighted. Frequency weights give the unbiased
+// variance m2 / (wsum - ddof); reliability weights m2 / (wsum - ddof * w2sum / wsum) (np.cov's
+// fweights/aweights).
+struct WeightedState {
+    int64_t count = 0;
+    double mean = 0.0;
+    double m2 = 0.0;
+    double mean_lo = 0.0;
+    double wsum = 0.0;
+    double w2sum = 0.0;
+};
+
+inline namespace FM_ISA_NAMESPACE {
+
+FM_HOST_DEVICE inline WeightedState as_weighted(const MomentState& s) {
+    const double n = static_cast<double>(s.count);
+    return WeightedState{s.count, s.mean, s.m2, s.mean_lo, n, n};
+}
+
+FM_HOST_DEVICE inline void set_mean(WeightedState& r, double base, double offset) {
+    two_sum(base, offset, r.mean, r.mean_lo);
+    if (r.mean - r.mean != 0.0) r.mean_lo = 0.0;
+}
+
+// Chan's merge with weights in place of counts (West 1979; Schubert & Gertz 2018, eq. 22):
+// mean += delta * wb / W, m2 += delta^2 * wa * wb / W (the formula of combine_ordered with
+// weight sums for counts).
+FM_HOST_DEVICE inline WeightedState combine_weighted_ordered(const WeightedState& a, const WeightedState& b) {
+    if (b.count == 0) return a;
+    if (a.count == 0) return b;
+    const double w = a.wsum + b.wsum;
+    const double weight_b = b.wsum / w;
+    const double delta = (a.mean == b.mean) ? (b.mean_lo - a.mean_lo)
+                                            : (b.mean - a.mean) + (b.mean_lo - a.mean_lo);
+    WeightedState r;
+    r.count = a.count + b.count;
+    r.wsum = w;
+    r.w2sum = a.w2sum + b.w2sum;
+    set_mean(r, a.mean, a.mean_lo + delta * weight_b);
+    if (delta - delta != 0.0) {  // an infinite mean on either side: NumPy's answer, as in combine
+        r.mean = a.mean * (a.wsum / w) + b.mean * weight_b;
+        r.mean_lo = 0.0;
+    }
+    r.m2 = a.m2 + b.m2 + delta * delta * a.wsum * weight_b;
+    return r;
+}
+
+// Canonical operand order (larger weight sum, then smaller mean): commutative to the bit.
+FM_HOST_DEVICE inline WeightedState combine_weighted(const WeightedState& a, const WeightedState& b) {
+    const bool swap = b.wsum > a.wsum ||
+                      (b.wsum == a.wsum && (b.count > a.count || (b.count == a.count &&
+                       (b.mean < a.mean || (b.mean == a.mean && b.mean_lo < a.mean_lo)))));
+    return swap ? combine_weighted_ordered(b, a) : combine_weighted_ordered(a, b);
+}
+
+// State from weighted sums shifted by a value close to the mean: s1 = sum(w*(x - shift)),
+// s2 = sum(w*(x - shift)^2) over `count` values of weight sum wsum (the weighted form of
+// from_shifted_sums).
+FM_HOST_DEVICE inline WeightedState from_weighted_sums(int64_t count, double wsum, double w2sum,
+                                                       double shift, double s1, double s2) {
+    WeightedState r;
+    if (count == 0) return r;
+    const double d = s1 / wsum;
+    r.count = count;
+    r.wsum = wsum;
+    r.w2sum = w2sum;
+    set_mean(r, shift, d);
+    r.m2 = s2 - s1 * d;
+    if (r.m2 < 0.0) r.m2 = 0.0;
+    return r;
+}
+
+}  // namespace FM_ISA_NAMESPACE
 }  // namespace fastmoments

@@ -1,0 +1,414 @@
+// The weighted driver: one pass over a strided array and a weight (or mask) array of the same
+// shape (broadcast weights have stride 0), per-output WeightedState. Same chunk and task grid,
+// fixed merge order and threading as the unweighted driver in reduce.hpp, so threads=1 and
+// threads=N give the same bits; a separate instantiation, so the unweighted path is untouched.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <type_traits>
+#include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "dtypes.hpp"
+#include "layout.hpp"
+#include "reduce.hpp"
+#include "state.hpp"
+#include "weighted_chunks.hpp"
+
+namespace fastmoments {
+
+// Stored type of the weights: float64, float32, or a boolean mask (where=).
+enum class WeightType : int { Float64 = 0, Float32 = 1, Mask = 2 };
+
+inline namespace FM_ISA_NAMESPACE {
+
+// The loop plan of make_plan for two arrays walked together: axes are ordered by the data's
+// strides and merged only where both arrays continue each other (no lane folding).
+struct PairPlan {
+    bool lanes_mode = false;
+    int64_t lanes = 1, lane_stride = 0, wlane_stride = 0, lane_ostride = 0;
+    int64_t run_length = 1, run_stride = 0, wrun_stride = 0;
+    std::vector<LoopAxis> columns, rows, wcolumns, wrows;  // w*: the same axes with weight strides
+    int64_t base_offset = 0, wbase_offset = 0, base_out = 0, out_size = 1;
+};
+
+inline PairPlan make_pair_plan(int ndim, const int64_t* shape, const int64_t* strides, const int64_t* wstrides,
+                               const bool* keep) {
+    struct Axis {
+        int64_t size, stride, wstride, ostride;
+        bool kept;
+    };
+    PairPlan plan;
+    int64_t ostride = 1;
+    std::vector<int64_t> ostrides(ndim, 0);
+    for (int i = ndim; i-- > 0;) {
+        if (shape[i] <= 0) throw std::invalid_argument("make_pair_plan: empty axis");
+        if (keep[i]) ostrides[i] = ostride, ostride *= shape[i];
+    }
+    plan.out_size = ostride;
+    std::vector<Axis> axes;
+    for (int i = 0; i < ndim; ++i) {
+        if (shape[i] == 1) continue;
+        Axis a{shape[i], strides[i], wstrides[i], ostrides[i], keep[i]};
+        if (a.stride < 0) {  // walk it forwards from the far end, the weights along with it
+            plan.base_offset += (a.size - 1) * a.stride;
+            plan.wbase_offset += (a.size - 1) * a.wstride;
+            a.stride = -a.stride;
+            a.wstride = -a.wstride;
+            if (a.kept) {
+                plan.base_out += (a.size - 1) * a.ostride;
+                a.ostride = -a.ostride;
+            }
+        }
+        axes.push_back(a);
+    }
+    if (axes.size() > kMaxLoopAxes) throw std::invalid_argument("make_pair_plan: more than 64 axes of size > 1");
+    std::stable_sort(axes.begin(), axes.end(), [](const Axis& x, const Axis& y) { return x.stride > y.stride; });
+    std::vector<Axis> merged;
+    for (const auto& a : axes) {
+        if (!merged.empty()) {
+            Axis& m = merged.back();
+            if (m.kept == a.kept && m.stride == a.stride * a.size && m.wstride == a.wstride * a.size &&
+                (!a.kept || m.ostride == a.ostride * a.size)) {
+                m.size *= a.size, m.stride = a.stride, m.wstride = a.wstride, m.ostride = a.ostride;
+                continue;
+            }
+        }
+        merged.push_back(a);
+    }
+    if (merged.empty()) merged.push_back(Axis{1, 0, 0, 0, false});
+    const Axis inner = merged.back();
+    merged.pop_back();
+    if (inner.kept) {
+        plan.lanes_mode = true;
+        plan.lanes = inner.size;
+        plan.lane_stride = inner.stride;
+        plan.wlane_stride = inner.wstride;
+        plan.lane_ostride = inner.ostride;
+    } else {
+        plan.run_length = inner.size;
+        plan.run_stride = inner.stride;
+        plan.wrun_stride = inner.wstride;
+    }
+    for (const auto& a : merged) {
+        (a.kept ? plan.columns : plan.rows).push_back(LoopAxis{a.size, a.stride, a.ostride, a.kept});
+        (a.kept ? plan.wcolumns : plan.wrows).push_back(LoopAxis{a.size, a.wstride, a.ostride, a.kept});
+    }
+    return plan;
+}
+
+constexpr int64_t kMaxWeightedChunkRows = 256;
+
+template <class T, class Wt, bool Omit>
+class WeightedReducer {
+public:
+    WeightedReducer(const char* data, const char* weights, const PairPlan& plan)
+        : data_(data + plan.base_offset), weights_(weights + plan.wbase_offset), plan_(plan) {
+        Odometer cols(plan.columns), rows(plan.rows);
+        if (plan.lanes_mode) {
+            lane_blocks_ = (plan.lanes + kMaxLanes - 1) / kMaxLanes;
+            width_ = std::min(plan.lanes, kMaxLanes);
+            ncols_ = cols.count() * lane_blocks_;
+            units_ = rows.count();
+            // At most 256 rows a chunk: narrow rows would otherwise sum thousands of rows around
+            // one shift (no folding here); later chunks start from the running mean.
+            chunk_units_ = std::clamp<int64_t>(kLaneChunkValues / width_, 1, kMaxWeightedChunkRows);
+            units_per_task_ = std::max<int64_t>(chunk_units_, (kTaskValues / width_) / chunk_units_ * chunk_units_);
+        } else {
+            ncols_ = cols.count();
+            units_ = rows.count() * plan.run_length;
+            chunk_units_ = kChunkValues;
+            units_per_task_ = kTaskValues;
+        }
+        const int64_t values = units_ * width_;
+        if (units_ > units_per_task_) splits_ = (units_ + units_per_task_ - 1) / units_per_task_;
+        else group_ = std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, values));
+    }
+
+    // The first finite value of positive weight of each column (lane), searched over the first
+    // kShiftSearch units, or 0: chunk states are merged relative to it (see Reducer).
+    static constexpr int64_t kShiftSearch = 1 << 16;
+
+    void compute_shifts() {
+        const PairPlan& p = plan_;
+        col_shift_.assign(static_cast<size_t>(ncols_ * width_), 0.0);
+        Odometer cols(p.columns), wcols(p.wcolumns);
+        for (int64_t c = 0; c < ncols_; ++c) {
+            double* sh = &col_shift_[static_cast<size_t>(c * width_)];
+            if (p.lanes_mode) {
+                cols.seek(c / lane_blocks_), wcols.seek(c / lane_blocks_);
+                const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
+                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
+                for (int64_t l = 0; l < width; ++l) {
+                    Odometer rows(p.rows), wrows(p.wrows);
+                    rows.seek(0), wrows.seek(0);
+                    const char* b = data_ + cols.offset() + (lane0 + l) * p.lane_stride;
+                    const char* wb = weights_ + wcols.offset() + (lane0 + l) * p.wlane_stride;
+                    const int64_t n = std::min(units_, kShiftSearch);
+                    for (int64_t r = 0; r < n; ++r, rows.next(), wrows.next()) {
+                        const double v = value_at<T>(b + rows.offset());
+                        if (std::isfinite(v) && weight_at<Wt>(wb + wrows.offset()) > 0.0) {
+                            sh[l] = v;
+                            break;
+                        }
+                    }
+                }
+            } else {
+                cols.seek(c), wcols.seek(c);
+                Odometer rows(p.rows), wrows(p.wrows);
+                rows.seek(0), wrows.seek(0);
+                sh[0] = first_in_run(data_ + cols.offset(), weights_ + wcols.offset(), rows, wrows, 0,
+                                     std::min(units_, kShiftSearch));
+            }
+        }
+    }
+
+    // First finite value of positive weight among n run-mode values from (rows, pos), or 0.
+    double first_in_run(const char* base, const char* wbase, Odometer rows, Odometer wrows, int64_t pos,
+                        int64_t n) const {
+        const int64_t L = plan_.run_length, st = plan_.run_stride, ws = plan_.wrun_stride;
+        for (int64_t i = 0; i < n; ++i) {
+            const double v = value_at<T>(base + rows.offset() + pos * st);
+            if (std::isfinite(v) && weight_at<Wt>(wbase + wrows.offset() + pos * ws) > 0.0) return v;
+            if (++pos == L) pos = 0, rows.next(), wrows.next();
+        }
+        return 0.0;
+    }
+
+    // Fills out[0..out_size); returns Cancelled, or sets *bad_weights when a weight was negative,
+    // NaN or infinite (the states are then meaningless).
+    Status run(WeightedState* out, bool* bad_weights, const ReduceOptions& opt) {
+        compute_shifts();
+        std::vector<WeightedState> acc(static_cast<size_t>(ncols_ * width_));
+        const int64_t total = ncols_ * units_ * width_;
+        const int threads = std::max(1, opt.threads);
+        std::atomic<int64_t> done{0};
+        std::atomic<bool> cancel{false};
+        auto last_poll = std::chrono::steady_clock::now();
+        auto poll = [&]() {
+            if (!opt.poll || cancel.load(std::memory_order_relaxed)) return;
+            const auto now = std::chrono::steady_clock::now();
+            if (std::chrono::duration<double>(now - last_poll).count() < opt.poll_seconds) return;
+            last_poll = now;
+            if (!opt.poll(done.load(std::memory_order_relaxed), total)) cancel.store(true);
+        };
+        const int64_t max_tasks = splits_ == 1 ? (ncols_ + group_ - 1) / group_ : std::min(kWaveTasks, ncols_ * splits_);
+        const bool parallel = splits_ > 1 || total > kTaskValues;
+        std::vector<std::unique_ptr<Worker>> workers(static_cast<size_t>(parallel ? std::min<int64_t>(threads, max_tasks) : 1));
+        for (auto& w : workers) w = std::make_unique<Worker>(*this);
+
+        if (splits_ == 1) {
+            run_tasks((ncols_ + group_ - 1) / group_, workers, cancel, poll, [&](int64_t t, Worker& w) {
+                const int64_t c1 = std::min(ncols_, (t + 1) * group_);
+                for (int64_t c = t * group_; c < c1; ++c) {
+                    w.column(c, 0, units_, &acc[static_cast<size_t>(c * width_)]);
+                    done.fetch_add(units_ * width_, std::memory_order_relaxed);
+                }
+            });
+        } else {
+            const int64_t ntasks = ncols_ * splits_;
+            std::vector<WeightedState> slots(static_cast<size_t>(std::min(kWaveTasks, ntasks) * width_));
+            for (int64_t w0 = 0; w0 < ntasks && !cancel.load(); w0 += kWaveTasks) {
+                const int64_t nw = std::min(kWaveTasks, ntasks - w0);
+                std::fill(slots.begin(), slots.begin() + nw * width_, WeightedState{});
+                run_tasks(nw, workers, cancel, poll, [&](int64_t t, Worker& w) {
+                    const int64_t task = w0 + t, c = task / splits_, s = task % splits_;
+                    const int64_t u0 = s * units_per_task_, u1 = std::min(units_, u0 + units_per_task_);
+                    w.column(c, u0, u1, &slots[static_cast<size_t>(t * width_)]);
+                    done.fetch_add((u1 - u0) * width_, std::memory_order_relaxed);
+                });
+                for (int64_t t = 0; t < nw; ++t) {
+                    const int64_t c = (w0 + t) / splits_;
+                    for (int64_t l = 0; l < width_; ++l)
+                        acc[c * width_ + l] = combine_weighted(acc[c * width_ + l], slots[t * width_ + l]);
+                }
+                poll();
+            }
+        }
+        if (cancel.load()) return Status::Cancelled;
+        bool bad = false;
+        for (const auto& w : workers) bad = bad || w->bad();
+        *bad_weights = bad;
+        scatter(acc, out);
+        return Status::Ok;
+    }
+
+private:
+    class Worker {
+    public:
+        explicit Worker(const WeightedReducer& r)
+            : r_(r), rows_(r.chunk_units_), wrows_(r.chunk_units_), w_(r.chunk_units_),
+              row_lanes_(r.width_), elem_lanes_(r.width_) {}
+
+        bool bad() const { return bad_ || elem_lanes_.bad; }
+
+        void column(int64_t c, int64_t u0, int64_t u1, WeightedState* acc) {
+            const PairPlan& p = r_.plan_;
+            Odometer cols(p.columns), wcols(p.wcolumns), rows(p.rows), wrows(p.wrows);
+            const double* shift = &r_.col_shift_[static_cast<size_t>(c * r_.width_)];
+            if (p.lanes_mode) {
+                cols.seek(c / r_.lane_blocks_), wcols.seek(c / r_.lane_blocks_);
+                const int64_t lane0 = (c % r_.lane_blocks_) * kMaxLanes;
+                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
+                const char* base = r_.data_ + cols.offset() + lane0 * p.lane_stride;
+                const char* wbase = r_.weights_ + wcols.offset() + lane0 * p.wlane_stride;
+                const bool contig = p.lane_stride == static_cast<int64_t>(sizeof(T));
+                rows.seek(u0), wrows.seek(u0);
+                for (int64_t r0 = u0; r0 < u1; r0 += r_.chunk_units_) {
+                    const int64_t n = std::min(r_.chunk_units_, u1 - r0);
+                    if (p.wlane_stride == 0) {  // one weight per row: keep the rows of positive weight
+                        int64_t k = 0;
+                        for (int64_t i = 0; i < n; ++i, rows.next(), wrows.next()) {
+                            const double w = weight_at<Wt>(wbase + wrows.offset());
+                            bad_ = bad_ || !valid_weight(w);
+                            if (w > 0.0) rows_[k] = base + rows.offset(), w_[k] = w, ++k;
+                        }
+                        row_lanes_.chunk(rows_.data(), w_.data(), k, width, p.lane_stride, contig, acc, shift);
+                    } else {
+                        for (int64_t i = 0; i < n; ++i, rows.next(), wrows.next())
+                            rows_[i] = base + rows.offset(), wrows_[i] = wbase + wrows.offset();
+                        const bool vec = contig && p.wlane_stride == static_cast<int64_t>(sizeof(Wt));
+                        elem_lanes_.chunk(rows_.data(), wrows_.data(), n, width, p.lane_stride, p.wlane_stride,
+                                          vec, acc, shift);
+                    }
+                }
+            } else {
+                cols.seek(c), wcols.seek(c);
+                const char* base = r_.data_ + cols.offset();
+                const char* wbase = r_.weights_ + wcols.offset();
+                const int64_t L = p.run_length, st = p.run_stride, ws = p.wrun_stride;
+                rows.seek(u0 / L), wrows.seek(u0 / L);
+                int64_t pos = u0 % L;
+                for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_) {
+                    const int64_t n = std::min(u1, e0 + r_.chunk_units_) - e0;
+                    WeightedRun<T, Wt, Omit> k;
+                    auto walk = [&](Odometer& o, Odometer& wo, int64_t& q) {
+                        int64_t left = n;
+                        while (left > 0) {
+                            const int64_t m = std::min(left, L - q);
+                            k.run(base + o.offset() + q * st, wbase + wo.offset() + q * ws, m, st, ws);
+                            left -= m;
+                            q += m;
+                            if (q == L) q = 0, o.next(), wo.next();
+                        }
+                    };
+                    const double running = running_shift(acc[0], shift[0]);
+                    k.start(std::isnan(running) ? r_.first_in_run(base, wbase, rows, wrows, pos, n) : running);
+                    Odometer again(rows), wagain(wrows);
+                    int64_t again_pos = pos;
+                    walk(rows, wrows, pos);
+                    const double better = k.better_shift(std::isnan(running));
+                    if (!std::isnan(better)) {
+                        k.start(better);
+                        walk(again, wagain, again_pos);
+                    }
+                    acc[0] = combine_weighted(acc[0], k.finish_chunk(shift[0]));
+                    bad_ = bad_ || k.bad;
+                }
+            }
+        }
+
+    private:
+        const WeightedReducer& r_;
+        std::vector<const char*> rows_, wrows_;
+        std::vector<double> w_;
+        RowWeightedLanes<T, Omit> row_lanes_;
+        ElementWeightedLanes<T, Wt, Omit> elem_lanes_;
+        bool bad_ = false;
+    };
+
+    template <class Body, class Poll>
+    void run_tasks(int64_t ntasks, const std::vector<std::unique_ptr<Worker>>& workers, std::atomic<bool>& cancel,
+                   Poll& poll, Body&& body) {
+        const int nt = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(workers.size()), ntasks));
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+#endif
+        {
+#if defined(_OPENMP)
+            Worker& w = *workers[static_cast<size_t>(omp_get_thread_num())];
+            const bool poller = omp_get_thread_num() == 0;
+#pragma omp for schedule(dynamic, 1)
+#else
+            Worker& w = *workers[0];
+            const bool poller = true;
+#endif
+            for (int64_t t = 0; t < ntasks; ++t) {
+                if (cancel.load(std::memory_order_relaxed)) continue;
+                body(t, w);
+                if (poller) poll();
+            }
+        }
+        (void)nt;
+    }
+
+    // Column states -> output states, back from the column shifts (no folding: one lane, one output).
+    void scatter(const std::vector<WeightedState>& acc, WeightedState* out) const {
+        const PairPlan& p = plan_;
+        Odometer cols(p.columns);
+        auto put = [&](int64_t o, int64_t i) {
+            WeightedState s = acc[static_cast<size_t>(i)];
+            const double lo = s.mean_lo;
+            set_mean(s, col_shift_[static_cast<size_t>(i)], s.mean);
+            s.mean_lo += lo;
+            if (s.count == 0) s = WeightedState{};
+            out[o] = s;
+        };
+        for (int64_t c = 0; c < ncols_; ++c) {
+            if (p.lanes_mode) {
+                cols.seek(c / lane_blocks_);
+                const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
+                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
+                for (int64_t l = 0; l < width; ++l)
+                    put(p.base_out + cols.out() + (lane0 + l) * p.lane_ostride, c * width_ + l);
+            } else {
+                cols.seek(c);
+                put(p.base_out + cols.out(), c);
+            }
+        }
+    }
+
+    const char* data_;
+    const char* weights_;
+    const PairPlan& plan_;
+    std::vector<double> col_shift_;
+    int64_t lane_blocks_ = 1, width_ = 1, ncols_ = 1, units_ = 0, chunk_units_ = 1, units_per_task_ = 1;
+    int64_t splits_ = 1, group_ = 1;
+};
+
+// Reduces `data` weighted by `weights` (same shape, its own byte strides; 0 for broadcast axes)
+// over the axes with keep[i] == false. *bad_weights: some weight was negative, NaN or infinite.
+inline Status reduce_weighted(const void* data, DType dtype, int ndim, const int64_t* shape, const int64_t* strides,
+                              const void* weights, WeightType wtype, const int64_t* wstrides, const bool* keep,
+                              WeightedState* out, bool* bad_weights, const ReduceOptions& opt) {
+    const PairPlan plan = make_pair_plan(ndim, shape, strides, wstrides, keep);
+    const char* w = static_cast<const char*>(weights);
+    *bad_weights = false;
+    return visit_dtype(dtype, [&](auto tag) -> Status {
+        using T = decltype(tag);
+        const char* p = static_cast<const char*>(data);
+        auto go = [&](auto wtag) -> Status {
+            using Wt = decltype(wtag);
+            if constexpr (!element_traits<T>::exact_integer) {
+                if (opt.nan_policy == NanPolicy::Omit)
+                    return WeightedReducer<T, Wt, true>(p, w, plan).run(out, bad_weights, opt);
+            }
+            return WeightedReducer<T, Wt, false>(p, w, plan).run(out, bad_weights, opt);
+        };
+        switch (wtype) {
+            case WeightType::Float32: return go(float{});
+            case WeightType::Mask: return go(bool{});
+            default: return go(double{});
+        }
+    });
+}
+
+}  // namespace FM_ISA_NAMESPACE
+}  // namespace fastmoments

@@ -1,0 +1,516 @@
+"""Weighted and masked moments (``weights=``, ``where=``, masked arrays): against an exact
+Fraction reference, against repeated rows for integer weights, against NumPy's weighted
+estimators, across threads, ISA variants, layouts, merges and bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import fastmoments
+from fastmoments import _core
+from conftest import supported_isas
+from reference import exact_reference, exact_weighted_reference
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+def rel(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = np.maximum(np.abs(want), np.finfo(np.float64).tiny)
+    return float(np.max(np.abs(got - want) / scale)) if got.size else 0.0
+
+
+def per_row(w, shape):
+    """A 1-D per-row weight vector as the full weight array (the reference's view)."""
+    return np.broadcast_to(np.reshape(w, (shape[0],) + (1,) * (len(shape) - 1)), shape)
+
+
+def check_exact(r, x, w, axis, *, mean_tol=1e-15, var_tol=1e-12):
+    ref = exact_weighted_reference(x, w, axis)
+    np.testing.assert_array_equal(np.asarray(r.count), ref.count)
+    # Weight sums are plain float64 sums per chunk, merged pairwise: a few ulp.
+    assert rel(r.sum_weights, ref.sum_weights) <= 1e-13
+    assert rel(r.sum_weights_sq, ref.sum_weights_sq) <= 1e-13
+    assert rel(r.mean, ref.mean) <= mean_tol, (r.mean, ref.mean)
+    assert rel(r.m2, ref.m2) <= var_tol, (r.m2, ref.m2)
+
+
+# ---- the adversarial cases of the issue against an exact reference -------------------------------
+
+ADVERSARIAL = {
+    "f32_mean1000_std10": lambda rng, shape: (1000 + 10 * rng.standard_normal(shape)).astype(np.float32),
+    "f64_offset1e9": lambda rng, shape: 1e9 + rng.standard_normal(shape),
+}
+
+
+def loguniform_weights(rng, n):
+    return 10.0 ** rng.uniform(-3, 3, n)
+
+
+@pytest.mark.parametrize("case", sorted(ADVERSARIAL))
+@pytest.mark.parametrize("layout", ["rows", "elementwise", "axis_none", "keep_axis0", "fortran", "mask"])
+def test_adversarial_against_exact_reference(case, layout):
+    rng = np.random.default_rng(12)
+    shape = (3000, 7)
+    x = ADVERSARIAL[case](rng, shape)
+    if layout == "rows":
+        w = loguniform_weights(rng, shape[0])
+        r = fastmoments.compute(x, axis=-1, weights=w)
+        check_exact(r, x, per_row(w, shape), -1)
+    elif layout == "elementwise":
+        w = loguniform_weights(rng, x.size).reshape(shape)
+        r = fastmoments.compute(x, axis=-1, weights=w)
+        check_exact(r, x, w, -1)
+    elif layout == "axis_none":
+        w = loguniform_weights(rng, shape[0])
+        r = fastmoments.compute(x, axis=None, weights=w)
+        check_exact(r, x, per_row(w, shape), None)
+    elif layout == "keep_axis0":
+        w = loguniform_weights(rng, x.size).reshape(shape).astype(np.float32)
+        r = fastmoments.compute(x, axis=0, weights=w)
+        check_exact(r, x, w, 0)
+    elif layout == "fortran":
+        xf = np.asfortranarray(x)[::-2]
+        w = loguniform_weights(rng, xf.shape[0])
+        r = fastmoments.compute(xf, axis=-1, weights=w)
+        check_exact(r, xf, per_row(w, xf.shape), -1)
+    else:
+        m = rng.random(shape) < 0.7
+        r = fastmoments.compute(x, axis=-1, where=m)
+        check_exact(r, x, m.astype(np.float64), -1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_offset_many_chunks_rows(threads):
+    """Enough rows for many chunks and tasks (merges), per-row weights spanning 1e-3..1e3."""
+    rng = np.random.default_rng(1)
+    x = 1e9 + rng.standard_normal((400_000, 3))
+    w = loguniform_weights(rng, x.shape[0])
+    r = fastmoments.compute(x, axis=-1, weights=w, threads=threads)
+    # Reference: exact sums are too slow here; longdouble two-pass around the exact mean is
+    # far below the 1e-12 bar.
+    xl, wl = x.astype(np.longdouble), w.astype(np.longdouble)[:, None]
+    mean = (wl * xl).sum(0) / wl.sum()
+    m2 = (wl * (xl - mean) ** 2).sum(0)
+    assert rel(r.mean, mean) <= 1e-15
+    assert rel(r.m2, m2) <= 1e-12
+
+
+# ---- integer weights are repeated rows ------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8, np.int64])
+@pytest.mark.parametrize("axis", [-1, None])
+def test_integer_weights_equal_repeated_rows(dtype, axis):
+    rng = np.random.default_rng(3)
+    if np.dtype(dtype).kind == "f":
+        x = (50 + 3 * rng.standard_normal((2000, 9))).astype(dtype)
+    else:
+        x = rng.integers(0, min(np.iinfo(dtype).max, 1000), (2000, 9)).astype(dtype)
+    k = rng.integers(0, 5, x.shape[0])
+    repeated = np.repeat(x, k, axis=0)
+    r = fastmoments.compute(x, axis=axis, weights=k)
+    rep = exact_reference(repeated, axis)  # the repeated rows, summed exactly
+    # count: the values of positive weight; sum_weights: the repeated rows' count.
+    np.testing.assert_array_equal(r.count, np.count_nonzero(k) * np.asarray(rep.count) // k.sum())
+    np.testing.assert_array_equal(r.sum_weights, np.asarray(rep.count, np.float64))
+    tol = 1e-15
+    assert rel(r.mean, rep.mean) <= tol
+    assert rel(r.m2, rep.m2) <= tol
+    d1 = fastmoments.compute(x, axis=axis, weights=k, ddof=1)
+    assert rel(d1.variance, rep.m2 / (rep.count - 1)) <= tol
+    # ... and the unweighted kernel on the repeated rows agrees to its own accuracy.
+    plain = fastmoments.compute(repeated, axis=axis)
+    assert rel(r.variance, plain.variance) <= 1e-12
+
+
+def test_integer_data_integer_weights_exact():
+    rng = np.random.default_rng(4)
+    x = rng.integers(-30000, 30000, (2000, 5)).astype(np.int16)
+    w = rng.integers(0, 100, x.shape)
+    r = fastmoments.compute(x, axis=-1, weights=w)
+    ref = exact_weighted_reference(x, w, -1)
+    # Not exact integer sums (see the README): float64 sums around the running mean, ~1 ulp.
+    assert np.max(np.abs(r.mean - ref.mean)) <= 1e-15 * 30000
+    assert rel(r.m2, ref.m2) <= 1e-15
+    np.testing.assert_array_equal(r.sum_weights, w.sum(axis=0))
+
+
+# ---- NumPy's weighted estimators ------------------------------------------------------------------
+
+def test_matches_numpy_average_and_cov():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1000, 4)) * [1, 10, 100, 1000] + [0, 5, -5, 50]
+    w = rng.random(1000) * 3
+    r = fastmoments.compute(x, axis=-1, weights=w, ddof=1)
+    np.testing.assert_allclose(r.mean, np.average(x, axis=0, weights=w), rtol=1e-13)
+    for j in range(4):
+        np.testing.assert_allclose(r.reliability_variance[j], np.cov(x[:, j], aweights=w, ddof=1), rtol=1e-12)
+    fw = rng.integers(1, 4, 1000)
+    r = fastmoments.compute(x, axis=-1, weights=fw, ddof=1)
+    for j in range(4):
+        np.testing.assert_allclose(r.variance[j], np.cov(x[:, j], fweights=fw, ddof=1), rtol=1e-12)
+
+
+def test_where_matches_numpy_where():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((300, 5, 4)).astype(np.float32)
+    m = rng.random(x.shape) < 0.5
+    r = fastmoments.compute(x, axis=1, where=m)
+    xd = x.astype(np.float64)
+    np.testing.assert_allclose(r.mean, np.mean(xd, axis=(0, 2), where=m), rtol=1e-12)
+    np.testing.assert_allclose(r.variance, np.var(xd, axis=(0, 2), where=m), rtol=1e-12)
+    np.testing.assert_array_equal(r.count, m.sum(axis=(0, 2)))
+    # A mask broadcast by NumPy's rules: (4,) masks the last axis.
+    m4 = np.array([True, False, True, True])
+    r = fastmoments.compute(x, axis=None, where=m4)
+    np.testing.assert_allclose(r.mean, np.mean(xd, where=m4), rtol=1e-12)
+
+
+def test_masked_array_is_read_with_its_mask():
+    rng = np.random.default_rng(7)
+    data = rng.standard_normal((200, 3))
+    mask = rng.random(data.shape) < 0.3
+    ma = np.ma.masked_array(data, mask=mask)
+    r = fastmoments.compute(ma, axis=-1)
+    np.testing.assert_allclose(r.mean, ma.mean(axis=0).data, rtol=1e-13)
+    np.testing.assert_allclose(r.variance, ma.var(axis=0).data, rtol=1e-12)
+    np.testing.assert_array_equal(r.count, ma.count(axis=0))
+    # No mask at all: the plain (unweighted) result.
+    plain = np.ma.masked_array(data)
+    assert fastmoments.compute(plain, axis=-1) == fastmoments.compute(data, axis=-1)
+
+
+def test_masked_values_do_not_exist_even_nan():
+    x = np.array([[1.0, np.nan], [np.inf, 2.0], [3.0, 4.0]])
+    m = np.isfinite(x)
+    r = fastmoments.compute(x, axis=-1, where=m)
+    np.testing.assert_array_equal(r.mean, [2.0, 3.0])
+    r = fastmoments.compute(x, axis=-1, weights=m.astype(np.float64))
+    np.testing.assert_array_equal(r.mean, [2.0, 3.0])
+    np.testing.assert_array_equal(r.count, [2, 2])
+
+
+def test_nan_policy_with_weights():
+    x = np.array([[1.0, 2.0], [np.nan, 4.0], [3.0, 6.0]])
+    w = np.array([1.0, 2.0, 1.0])
+    r = fastmoments.compute(x, axis=-1, weights=w, nan_policy="omit")
+    np.testing.assert_allclose(r.mean, [2.0, (2 + 8 + 6) / 4])
+    np.testing.assert_array_equal(r.count, [2, 3])
+    np.testing.assert_array_equal(r.sum_weights, [2.0, 4.0])
+    assert np.isnan(fastmoments.compute(x, axis=-1, weights=w).mean[0])
+    with pytest.raises(ValueError, match="NaN"):
+        fastmoments.compute(x, axis=-1, weights=w, nan_policy="raise")
+    # A NaN of weight 0 is no NaN input.
+    fastmoments.compute(x, axis=-1, weights=[1.0, 0.0, 1.0], nan_policy="raise")
+
+
+def test_fully_masked_feature_is_nan_with_the_empty_warning():
+    x = np.arange(12.0).reshape(4, 3)
+    m = np.ones_like(x, bool)
+    m[:, 1] = False
+    r = fastmoments.compute(x, axis=-1, where=m)
+    assert np.isnan(r.mean[1]) and r.count[1] == 0
+    with pytest.warns(RuntimeWarning, match="Degrees of freedom"):
+        v = r.variance
+    assert np.isnan(v[1]) and np.isfinite(v[[0, 2]]).all()
+    w = np.ones_like(x)
+    w[:, 2] = 0
+    r = fastmoments.compute(x, axis=-1, weights=w)
+    assert np.isnan(r.mean[2])
+    with pytest.warns(RuntimeWarning, match="Degrees of freedom"):
+        r.variance
+    # The same warning as an empty index under nan_policy="omit".
+    y = x.copy()
+    y[:, 1] = np.nan
+    with pytest.warns(RuntimeWarning, match="Degrees of freedom"):
+        fastmoments.compute(y, axis=-1, nan_policy="omit").variance
+
+
+# ---- determinism: threads and ISA variants --------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["rows", "elementwise_f32", "mask", "axis_none", "keep_axis0_rows"])
+def test_threads_give_identical_bits(layout):
+    rng = np.random.default_rng(8)
+    x = (100 + rng.standard_normal((40_000, 40))).astype(np.float32)
+    kw = {"axis": -1}
+    if layout == "rows":
+        kw["weights"] = rng.random(x.shape[0])
+    elif layout == "elementwise_f32":
+        kw["weights"] = rng.random(x.shape).astype(np.float32)
+    elif layout == "mask":
+        kw["where"] = rng.random(x.shape) < 0.5
+    elif layout == "axis_none":
+        kw.update(axis=None, weights=rng.random(x.shape[0]))
+    else:
+        kw.update(axis=0, weights=rng.random(x.shape[0]))
+    a = fastmoments.compute(x, threads=1, **kw)
+    b = fastmoments.compute(x, threads=2, **kw)
+    for f in ("count", "mean", "m2", "sum_weights", "sum_weights_sq"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    np.testing.assert_array_equal(a.state.mean_lo, b.state.mean_lo)
+
+
+@pytest.mark.parametrize("wdtype", [np.float64, np.float32, np.bool_, "rows"])
+@pytest.mark.parametrize("axis", [(-1,), ()])
+def test_isa_variants_give_identical_bits(wdtype, axis):
+    rng = np.random.default_rng(9)
+    x = (10 + rng.standard_normal((3001, 37))).astype(np.float32)
+    if wdtype == "rows":
+        w = np.broadcast_to(rng.random((x.shape[0], 1)), x.shape)
+        code = 0
+    else:
+        w = (rng.random(x.shape) * 2).astype(wdtype)
+        code = {np.float64: 0, np.float32: 1, np.bool_: 2}[wdtype]
+    keep = [False, bool(axis)]
+    outs = [_core.reduce_weighted(x, w, keep, 11, code, False, 2, None, isa) for isa in supported_isas()]
+    for other in outs[1:]:
+        for a, b in zip(outs[0][:6], other[:6]):
+            np.testing.assert_array_equal(a, b)
+
+
+# ---- merging ---------------------------------------------------------------------------------------
+
+def test_accumulator_weighted_batches_equal_one_pass():
+    rng = np.random.default_rng(10)
+    x = 1e6 + rng.standard_normal((10_000, 6))
+    w = loguniform_weights(rng, x.shape[0])
+    acc = fastmoments.Accumulator(axis=-1)
+    for s in np.array_split(np.arange(x.shape[0]), 7):
+        acc.update(x[s], weights=w[s])
+    one = fastmoments.compute(x, axis=-1, weights=w)
+    got = acc.result()
+    assert rel(got.mean, one.mean) <= 1e-15
+    assert rel(got.m2, one.m2) <= 1e-12
+    np.testing.assert_allclose(got.sum_weights, one.sum_weights, rtol=1e-14)
+
+
+def test_unweighted_batches_merge_as_unit_weights():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1000, 3))
+    acc = fastmoments.Accumulator(axis=-1)
+    acc.update(x[:400])
+    acc.update(x[400:], weights=np.ones(600))
+    ref = fastmoments.compute(x, axis=-1)
+    got = acc.result()
+    assert got.weighted
+    np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-14)
+    np.testing.assert_allclose(got.variance, ref.variance, rtol=1e-13)
+    np.testing.assert_array_equal(got.sum_weights, [1000.0] * 3)
+    # merge is commutative to the bit
+    a = fastmoments.compute(x[:400], axis=-1, weights=rng.random(400))
+    b = fastmoments.compute(x[400:], axis=-1)
+    assert a.merge(b) == b.merge(a)
+
+
+def test_weighted_moments_round_trip():
+    import pickle
+
+    x = np.arange(20.0).reshape(10, 2)
+    r = fastmoments.compute(x, axis=-1, weights=np.arange(10.0))
+    assert fastmoments.Moments(**r.to_dict()) == r
+    assert pickle.loads(pickle.dumps(r)) == r
+    assert r != fastmoments.compute(x, axis=-1)
+    with pytest.raises(ValueError, match="both"):
+        fastmoments.Moments(1, 0.0, 0.0, sum_weights=1.0)
+
+
+# ---- layouts and doors ------------------------------------------------------------------------------
+
+def test_memmap_with_weights(tmp_path):
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5000, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    w = rng.random(5000)
+    a = fastmoments.compute(mm, axis=-1, weights=w)
+    b = fastmoments.compute(x, axis=-1, weights=w)
+    assert a == b
+
+
+def test_byteswapped_and_strided_data():
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((500, 6))
+    w = rng.random(500)
+    want = fastmoments.compute(x, axis=-1, weights=w)
+    swapped = x.astype(x.dtype.newbyteorder("S"))
+    got = fastmoments.compute(swapped, axis=-1, weights=w.astype(w.dtype.newbyteorder("S")))
+    assert rel(got.mean, want.mean) <= 1e-15 and rel(got.m2, want.m2) <= 1e-13
+    got = fastmoments.compute(x[::-1], axis=-1, weights=w[::-1])
+    assert rel(got.mean, want.mean) <= 1e-15 and rel(got.m2, want.m2) <= 1e-13
+
+
+def test_one_dimensional_weights_weight_rows_even_on_square_data():
+    x = np.arange(9.0).reshape(3, 3)
+    w = np.array([1.0, 0.0, 2.0])
+    r = fastmoments.compute(x, axis=-1, weights=w)
+    np.testing.assert_allclose(r.mean, np.average(x, axis=0, weights=w))
+    r = fastmoments.compute(x, axis=-1, weights=(w + 1)[None, :])  # NumPy broadcasting: per column
+    np.testing.assert_allclose(r.mean, x.mean(axis=0))
+
+
+@pytest.mark.parametrize("form", ["rows", "elementwise_dask", "mask", "both"])
+def test_dask_weights_match_the_array_door(form):
+    da = pytest.importorskip("dask.array")
+    import fastmoments.dask as fmd
+
+    rng = np.random.default_rng(16)
+    x = 1e6 + rng.standard_normal((3000, 5, 4))
+    dx = da.from_array(x, chunks=(700, 5, 3))
+    kw, dkw = {}, {}
+    if form in ("rows", "both"):
+        w = loguniform_weights(rng, x.shape[0])
+        kw["weights"], dkw["weights"] = w, da.from_array(w, chunks=1000)
+    if form == "elementwise_dask":
+        w = rng.random(x.shape)
+        kw["weights"], dkw["weights"] = w, da.from_array(w, chunks=(500, 2, 4))
+    if form in ("mask", "both"):
+        m = rng.random((5, 4)) < 0.6
+        m[0, 0] = False
+        kw["where"] = dkw["where"] = np.broadcast_to(m, x.shape)
+    want = fastmoments.compute(x, axis=(1, 2), **kw)
+    got = fmd.moments(dx, axis=(1, 2), **dkw).compute()
+    np.testing.assert_array_equal(got.count, want.count)
+    np.testing.assert_allclose(got.sum_weights, want.sum_weights, rtol=1e-14)
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-15, equal_nan=True)
+    np.testing.assert_allclose(got.m2, want.m2, rtol=1e-12, equal_nan=True)
+    got2 = fastmoments.compute(dx, axis=(1, 2), **dkw)  # the front door's dask route
+    np.testing.assert_allclose(got2.m2, want.m2, rtol=1e-12, equal_nan=True)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        fmd.moments(dx, weights=np.ones(7))
+
+
+def test_cli_weights_file(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(17)
+    x = (1000 + 10 * rng.standard_normal((4000, 6))).astype(np.float32)
+    w = rng.integers(0, 4, x.shape[0]).astype(np.float64)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    out = tmp_path / "s.json"
+    run = subprocess.run([sys.executable, "-m", "fastmoments", "stats", str(tmp_path / "x.npy"),
+                          "--weights", str(tmp_path / "w.npy"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(out.read_text())
+    want = fastmoments.compute(x, axis=-1, weights=w)
+    np.testing.assert_array_equal(doc["mean"], want.mean)
+    np.testing.assert_array_equal(doc["sum_weights"], want.sum_weights)
+    bad = subprocess.run([sys.executable, "-m", "fastmoments", "stats", str(tmp_path / "x.npy"),
+                          str(tmp_path / "x.npy"), "--weights", str(tmp_path / "w.npy")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "one .npy" in bad.stderr
+
+
+def test_other_doors_refuse_weights_clearly(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((3, 2)))
+    with pytest.raises(ValueError, match="not yet"):
+        fastmoments.compute(str(tmp_path / "x.npy"), weights=np.ones(3))
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [10, 100_000])  # checked up front; checked by the kernel's pass
+@pytest.mark.parametrize("bad,match", [(-1.0, "non-negative"), (np.nan, "NaN"), (np.inf, "infinite"),
+                                       (-np.inf, "infinite")])
+@pytest.mark.parametrize("form", ["rows", "elementwise", "run"])
+def test_bad_weights_raise_naming_the_problem(n, bad, match, form):
+    x = np.ones((n, 3), np.float32)
+    if form == "rows":
+        w = np.ones(n)
+        w[n // 2] = bad
+        kw = {"axis": -1}
+    elif form == "elementwise":
+        w = np.ones((n, 3), np.float32)
+        w[n // 2, 1] = bad
+        kw = {"axis": -1}
+    else:
+        w = np.ones((n, 3))
+        w[n // 2, 1] = bad
+        kw = {"axis": None}
+    before = w.copy()
+    with pytest.raises(ValueError, match=match):
+        fastmoments.compute(x, weights=w, **kw)
+    np.testing.assert_array_equal(w, before)
+
+
+def test_bad_masks_and_shapes():
+    x = np.ones((4, 3))
+    with pytest.raises(ValueError, match="boolean"):
+        fastmoments.compute(x, where=np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"\(5,\).*\(4, 3\)"):
+        fastmoments.compute(x, weights=np.ones(5))
+    with pytest.raises(ValueError, match=r"\(4, 2\).*\(4, 3\)"):
+        fastmoments.compute(x, where=np.ones((4, 2), bool))
+    with pytest.raises(ValueError, match="real numbers"):
+        fastmoments.compute(x, weights=np.ones(4, complex))
+    with pytest.raises(ValueError, match="real numbers"):
+        fastmoments.compute(x, weights=["a", "b", "c", "d"])
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((100, 3))
+    w = rng.random(100)
+    m = rng.random((100, 3)) < 0.5
+    copies = (x.copy(), w.copy(), m.copy())
+    fastmoments.compute(x, axis=-1, weights=w, where=m)
+    for a, b in zip((x, w, m), copies):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---- properties ------------------------------------------------------------------------------------
+
+@st.composite
+def weighted_cases(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.int32, np.uint8, np.float16]))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=7))
+    if np.dtype(dtype).kind == "f":
+        elements = st.floats(-1e4, 1e4, width=8 * np.dtype(dtype).itemsize)
+    else:
+        elements = None
+    x = draw(hnp.arrays(dtype, shape, elements=elements))
+    steps = tuple(draw(st.sampled_from([1, -1])) for _ in shape)
+    x = x[tuple(slice(None, None, s) for s in steps)]
+    kind = draw(st.sampled_from(["elementwise", "mask", "rows", "broadcast_last"]))
+    if kind == "mask":
+        w = draw(hnp.arrays(np.bool_, shape))
+    elif kind == "rows":
+        w = draw(hnp.arrays(np.float64, (shape[0],), elements=st.floats(0, 1e3)))
+    elif kind == "broadcast_last":  # (1, .., F): a bare (F,) on square data would weight rows
+        w = draw(hnp.arrays(np.float32, (1,) * (len(shape) - 1) + (shape[-1],),
+                            elements=st.floats(0, 1e3, width=32)))
+    else:
+        w = draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([0.0, 0.5, 1.0, 3.0, 1e-3, 1e3])))
+    nd = len(shape)
+    axis = draw(st.one_of(st.none(), st.integers(-nd, nd - 1)))
+    return x, w, kind, axis
+
+
+@settings(max_examples=150, deadline=None)
+@given(weighted_cases())
+def test_property_matches_exact_reference(case):
+    x, w, kind, axis = case
+    if kind == "mask":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            r = fastmoments.compute(x, axis=axis, where=w)
+        full = w.astype(np.float64)
+    else:
+        r = fastmoments.compute(x, axis=axis, weights=w)
+        full = np.broadcast_to(w.reshape((x.shape[0],) + (1,) * (x.ndim - 1)), x.shape) \
+            if kind == "rows" and x.ndim > 1 else np.broadcast_to(w, x.shape)
+    ref = exact_weighted_reference(x, full, axis)
+    np.testing.assert_array_equal(np.asarray(r.count), ref.count)
+    np.testing.assert_allclose(r.sum_weights, ref.sum_weights, rtol=1e-14)
+    np.testing.assert_allclose(r.mean, ref.mean, rtol=1e-13, atol=1e-12)
+    scale = ref.sum_weights * 1e8 + 1  # |x| <= 1e4: m2 errors are relative to sum(w) * x^2
+    np.testing.assert_allclose(r.m2, ref.m2, rtol=1e-11, atol=float(np.max(scale)) * 1e-13)
