@@ -468,7 +468,7 @@ class _ExactState(_Saveable):
 
     def save_own_variables(self, store) -> None:
         if self.state is not None:
-            for name, part in zip(State._fields, self.state):
+            for name, part in zip(State._fields, self.state.arrays):  # 4 parts, or 6 if weighted
                 store[name] = np.asarray(part)
 
     def load_own_variables(self, store) -> None:
@@ -476,10 +476,11 @@ class _ExactState(_Saveable):
         if not names:  # saved before adapt, or by a FastNorm without the exact state
             self.state = None
             return
-        if names != set(State._fields):
+        fields = [f for f in State._fields if f in names]
+        if names != set(fields) or len(fields) not in (4, 6) or fields != list(State._fields[:len(fields)]):
             raise ValueError(f"FastNorm's saved exact state holds {sorted(names)}, expected "
-                             f"{list(State._fields)}")
-        self.state = State.of([np.asarray(store[name]) for name in State._fields])
+                             f"{list(State._fields[:4])} (and {list(State._fields[4:])} if weighted)")
+        self.state = State.of([np.asarray(store[name]) for name in fields])
 
     def __reduce__(self):
         # A plain object for copy and pickle (KerasSaveable pickles whole models).
@@ -654,7 +655,7 @@ class FastNorm(keras.layers.Normalization):
 
     @staticmethod
     def _merged(previous: Optional[State], moments: Moments) -> State:
-        new = State(*(np.array(a, copy=True) for a in moments.state))
+        new = State(*(np.array(a, copy=True) for a in moments.state.arrays))
         return new if previous is None else previous.merge(new)  # the one Chan merge
 
     def _check_statistics(self, state: State) -> None:

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "config.hpp"
@@ -96,56 +97,85 @@ constexpr int64_t kFoldTarget = 64;   // fold short kept rows up to at least thi
 // AVX-512) 0.72-0.75 at 96 lanes (96-byte rows: loop overhead per row) and 0.86 at 384 (18 KB).
 constexpr int64_t kFoldMaxLanes = 384;
 
-// shape/strides: the array; keep[i]: axis i keeps statistics. All sizes must be > 0.
-inline Plan make_plan(int ndim, const int64_t* shape, const int64_t* strides, const bool* keep) {
-    Plan plan;
-    std::vector<LoopAxis> axes;
-    // Output is C order over the kept axes in their original order.
-    int64_t ostride = 1;
+// One array's axes, or two arrays' walked together (the data and its weights: `wstride` is the
+// second array's stride of the same axis, 0 when there is none). Output strides are C order over
+// the kept axes in their original order.
+struct PairAxis {
+    int64_t size = 1, stride = 0, wstride = 0, ostride = 0;
+    bool kept = false;
+};
+
+struct OrderedAxes {
+    std::vector<PairAxis> axes;  // outermost first, merged where every array continues the next
+    int64_t base_offset = 0, wbase_offset = 0, base_out = 0, out_size = 1, reduced_count = 1;
+};
+
+// The one owner of the loop order: drops axes of size 1, walks negative (data) strides forwards
+// from the far end (the second array and the output along with them), orders axes by the data's
+// stride (stable: ties keep array order) and merges neighbours that continue one another in every
+// array and in the output. Never empty: a single value is one axis of size 1.
+inline OrderedAxes order_axes(int ndim, const int64_t* shape, const int64_t* strides, const int64_t* wstrides,
+                              const bool* keep, const char* who) {
+    OrderedAxes r;
     std::vector<int64_t> ostrides(ndim, 0);
     for (int i = ndim; i-- > 0;) {
-        if (shape[i] <= 0) throw std::invalid_argument("make_plan: empty axis");
+        if (shape[i] <= 0) throw std::invalid_argument(std::string(who) + ": empty axis");
         if (keep[i]) {
-            ostrides[i] = ostride;
-            ostride *= shape[i];
+            ostrides[i] = r.out_size;
+            r.out_size *= shape[i];
         } else {
-            plan.reduced_count *= shape[i];
+            r.reduced_count *= shape[i];
         }
     }
-    plan.out_size = ostride;
+    std::vector<PairAxis> axes;
     for (int i = 0; i < ndim; ++i) {
         if (shape[i] == 1) continue;
-        LoopAxis a{shape[i], strides[i], ostrides[i], keep[i]};
+        PairAxis a{shape[i], strides[i], wstrides ? wstrides[i] : 0, ostrides[i], keep[i]};
         if (a.stride < 0) {  // walk it forwards from the far end
-            plan.base_offset += (a.size - 1) * a.stride;
+            r.base_offset += (a.size - 1) * a.stride;
+            r.wbase_offset += (a.size - 1) * a.wstride;
             a.stride = -a.stride;
+            a.wstride = -a.wstride;
             if (a.kept) {
-                plan.base_out += (a.size - 1) * a.ostride;
+                r.base_out += (a.size - 1) * a.ostride;
                 a.ostride = -a.ostride;
             }
         }
         axes.push_back(a);
     }
-    if (axes.size() > kMaxLoopAxes) throw std::invalid_argument("make_plan: more than 64 axes of size > 1");
-    // Outermost first, innermost (smallest stride) last; stable keeps ties in array order.
+    if (axes.size() > kMaxLoopAxes)
+        throw std::invalid_argument(std::string(who) + ": more than 64 axes of size > 1");
     std::stable_sort(axes.begin(), axes.end(),
-                     [](const LoopAxis& x, const LoopAxis& y) { return x.stride > y.stride; });
-    std::vector<LoopAxis> merged;
+                     [](const PairAxis& x, const PairAxis& y) { return x.stride > y.stride; });
     for (const auto& a : axes) {
-        if (!merged.empty()) {
-            LoopAxis& m = merged.back();
+        if (!r.axes.empty()) {
+            PairAxis& m = r.axes.back();
             const bool contiguous = m.kept == a.kept && m.stride == a.stride * a.size &&
-                                    (!a.kept || m.ostride == a.ostride * a.size);
+                                    m.wstride == a.wstride * a.size && (!a.kept || m.ostride == a.ostride * a.size);
             if (contiguous) {
                 m.size *= a.size;
                 m.stride = a.stride;
+                m.wstride = a.wstride;
                 m.ostride = a.ostride;
                 continue;
             }
         }
-        merged.push_back(a);
+        r.axes.push_back(a);
     }
-    if (merged.empty()) merged.push_back(LoopAxis{1, 0, 0, false});
+    if (r.axes.empty()) r.axes.push_back(PairAxis{1, 0, 0, 0, false});
+    return r;
+}
+
+// shape/strides: the array; keep[i]: axis i keeps statistics. All sizes must be > 0.
+inline Plan make_plan(int ndim, const int64_t* shape, const int64_t* strides, const bool* keep) {
+    Plan plan;
+    const OrderedAxes ordered = order_axes(ndim, shape, strides, nullptr, keep, "make_plan");
+    plan.base_offset = ordered.base_offset;
+    plan.base_out = ordered.base_out;
+    plan.out_size = ordered.out_size;
+    plan.reduced_count = ordered.reduced_count;
+    std::vector<LoopAxis> merged;
+    for (const auto& a : ordered.axes) merged.push_back(LoopAxis{a.size, a.stride, a.ostride, a.kept});
 
     const LoopAxis inner = merged.back();
     merged.pop_back();

@@ -105,6 +105,34 @@ struct ColumnGrid {
     int64_t units_per_task = 0;
 };
 
+// Runs body(t, worker) for tasks t in [0, ntasks) on the workers' threads (OpenMP, dynamic
+// schedule); the calling thread polls between its tasks. The one task loop of both drivers
+// (reduce.hpp, weighted_reduce.hpp): workers are made before, so nothing allocates in here.
+template <class Worker, class Body, class Poll>
+void run_tasks(int64_t ntasks, const std::vector<std::unique_ptr<Worker>>& workers, std::atomic<bool>& cancel,
+               Poll& poll, Body&& body) {
+    const int nt = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(workers.size()), ntasks));
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+#if defined(_OPENMP)
+        Worker& w = *workers[static_cast<size_t>(omp_get_thread_num())];
+        const bool poller = omp_get_thread_num() == 0;
+#pragma omp for schedule(dynamic, 1)
+#else
+        Worker& w = *workers[0];
+        const bool poller = true;
+#endif
+        for (int64_t t = 0; t < ntasks; ++t) {
+            if (cancel.load(std::memory_order_relaxed)) continue;
+            body(t, w);
+            if (poller) poll();
+        }
+    }
+    (void)nt;
+}
+
 template <class T, bool Omit>
 class Reducer {
 public:
@@ -468,31 +496,6 @@ private:
         ContigLanes contig_lanes_{lanes_};
         StridedLanes strided_lanes_{lanes_};
     };
-
-    template <class Body, class Poll>
-    void run_tasks(int64_t ntasks, const std::vector<std::unique_ptr<Worker>>& workers,
-                   std::atomic<bool>& cancel, Poll& poll, Body&& body) {
-        const int nt = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(workers.size()), ntasks));
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(nt)
-#endif
-        {
-#if defined(_OPENMP)
-            Worker& w = *workers[static_cast<size_t>(omp_get_thread_num())];
-            const bool poller = omp_get_thread_num() == 0;
-#pragma omp for schedule(dynamic, 1)
-#else
-            Worker& w = *workers[0];
-            const bool poller = true;
-#endif
-            for (int64_t t = 0; t < ntasks; ++t) {
-                if (cancel.load(std::memory_order_relaxed)) continue;
-                body(t, w);
-                if (poller) poll();
-            }
-        }
-        (void)nt;
-    }
 
     // Calls f(output, column, lane) for every lane state, in lane order within each output.
     template <class F>

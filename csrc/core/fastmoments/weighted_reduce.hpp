@@ -41,50 +41,14 @@ struct PairPlan {
 
 inline PairPlan make_pair_plan(int ndim, const int64_t* shape, const int64_t* strides, const int64_t* wstrides,
                                const bool* keep) {
-    struct Axis {
-        int64_t size, stride, wstride, ostride;
-        bool kept;
-    };
     PairPlan plan;
-    int64_t ostride = 1;
-    std::vector<int64_t> ostrides(ndim, 0);
-    for (int i = ndim; i-- > 0;) {
-        if (shape[i] <= 0) throw std::invalid_argument("make_pair_plan: empty axis");
-        if (keep[i]) ostrides[i] = ostride, ostride *= shape[i];
-    }
-    plan.out_size = ostride;
-    std::vector<Axis> axes;
-    for (int i = 0; i < ndim; ++i) {
-        if (shape[i] == 1) continue;
-        Axis a{shape[i], strides[i], wstrides[i], ostrides[i], keep[i]};
-        if (a.stride < 0) {  // walk it forwards from the far end, the weights along with it
-            plan.base_offset += (a.size - 1) * a.stride;
-            plan.wbase_offset += (a.size - 1) * a.wstride;
-            a.stride = -a.stride;
-            a.wstride = -a.wstride;
-            if (a.kept) {
-                plan.base_out += (a.size - 1) * a.ostride;
-                a.ostride = -a.ostride;
-            }
-        }
-        axes.push_back(a);
-    }
-    if (axes.size() > kMaxLoopAxes) throw std::invalid_argument("make_pair_plan: more than 64 axes of size > 1");
-    std::stable_sort(axes.begin(), axes.end(), [](const Axis& x, const Axis& y) { return x.stride > y.stride; });
-    std::vector<Axis> merged;
-    for (const auto& a : axes) {
-        if (!merged.empty()) {
-            Axis& m = merged.back();
-            if (m.kept == a.kept && m.stride == a.stride * a.size && m.wstride == a.wstride * a.size &&
-                (!a.kept || m.ostride == a.ostride * a.size)) {
-                m.size *= a.size, m.stride = a.stride, m.wstride = a.wstride, m.ostride = a.ostride;
-                continue;
-            }
-        }
-        merged.push_back(a);
-    }
-    if (merged.empty()) merged.push_back(Axis{1, 0, 0, 0, false});
-    const Axis inner = merged.back();
+    OrderedAxes ordered = order_axes(ndim, shape, strides, wstrides, keep, "make_pair_plan");
+    plan.base_offset = ordered.base_offset;
+    plan.wbase_offset = ordered.wbase_offset;
+    plan.base_out = ordered.base_out;
+    plan.out_size = ordered.out_size;
+    std::vector<PairAxis>& merged = ordered.axes;
+    const PairAxis inner = merged.back();
     merged.pop_back();
     if (inner.kept) {
         plan.lanes_mode = true;
@@ -323,31 +287,6 @@ private:
         ElementWeightedLanes<T, Wt, Omit> elem_lanes_;
         bool bad_ = false;
     };
-
-    template <class Body, class Poll>
-    void run_tasks(int64_t ntasks, const std::vector<std::unique_ptr<Worker>>& workers, std::atomic<bool>& cancel,
-                   Poll& poll, Body&& body) {
-        const int nt = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(workers.size()), ntasks));
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(nt)
-#endif
-        {
-#if defined(_OPENMP)
-            Worker& w = *workers[static_cast<size_t>(omp_get_thread_num())];
-            const bool poller = omp_get_thread_num() == 0;
-#pragma omp for schedule(dynamic, 1)
-#else
-            Worker& w = *workers[0];
-            const bool poller = true;
-#endif
-            for (int64_t t = 0; t < ntasks; ++t) {
-                if (cancel.load(std::memory_order_relaxed)) continue;
-                body(t, w);
-                if (poller) poll();
-            }
-        }
-        (void)nt;
-    }
 
     // Column states -> output states, back from the column shifts (no folding: one lane, one output).
     void scatter(const std::vector<WeightedState>& acc, WeightedState* out) const {
