@@ -40,6 +40,7 @@ LD_PRELOAD="$preload" .venv-asan/bin/python -c "import fastmoments, fastmoments.
 # --capture=sys: a sanitizer report (written to fd 2 by the runtime) reaches the log even when
 # it aborts pytest itself.
 LD_PRELOAD="$preload" .venv-asan/bin/python -m pytest -q -p no:cacheprovider --capture=sys \
-  tests/test_stream.py tests/test_compute.py tests/test_bad_input.py tests/test_untrusted.py "$@"
+  tests/test_stream.py tests/test_compute.py tests/test_bad_input.py tests/test_untrusted.py \
+  tests/test_weights.py tests/test_near_overflow.py "$@"
 end=$(date +%s)
 echo "sanitize.sh: build $((built - start)) s, tests $((end - built)) s, total $((end - start)) s"
