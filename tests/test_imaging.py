@@ -169,6 +169,45 @@ def test_grayscale_and_16_bit_images(tmp_path):
     np.testing.assert_allclose(r.mean, a.mean(dtype=np.float64), rtol=1e-15)
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_pixels_read_in_place_match_the_copy(tmp_path, mode, monkeypatch):
+    # 8-bit images are reduced in Pillow's own memory (Arrow export, RGB padded to 4 bytes) when
+    # Pillow exports it; the results must be those of np.asarray's copy, bit for bit, and match
+    # the reference, for kept and reduced channel axes.
+    paths = write_images(tmp_path / "p", n=3, modes=(mode,))
+    x = stack(image_data(p) for p in paths)
+    used = []
+    shared = _imaging._shared_pixels
+
+    def spy(img, shape):
+        v = shared(img, shape)
+        used.append(v is not None)
+        return v
+
+    monkeypatch.setattr(_imaging, "_shared_pixels", spy)
+    in_place = {axis: fastmoments.compute(tmp_path / "p", axis=axis) for axis in [-1, None, (1, 2, 3)]}
+    from PIL import Image as PILImage
+    if hasattr(PILImage.Image, "__arrow_c_array__"):
+        assert all(used)
+    monkeypatch.setattr(_imaging, "_shared_pixels", lambda img, shape: None)
+    for axis, r in in_place.items():
+        copied = fastmoments.compute(tmp_path / "p", axis=axis)
+        assert r.mean.tobytes() == copied.mean.tobytes() and r.m2.tobytes() == copied.m2.tobytes()
+        assert np.array_equal(r.count, copied.count)
+        check(r, x, axis)
+
+
+def test_pixels_fall_back_to_the_copy_when_pillow_does_not_export(tmp_path, monkeypatch):
+    paths = write_images(tmp_path / "q", n=2)
+    x = stack(image_data(p) for p in paths)
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("image is in several blocks")
+
+    monkeypatch.setattr(Image.Image, "__arrow_c_array__", refuse, raising=False)
+    check(fastmoments.compute(tmp_path / "q", axis=-1), x, -1)
+
+
 def test_images_of_different_sizes_merge_per_channel(tmp_path):
     a = write_images(tmp_path / "d", n=2, size=(12, 10))
     b = write_images(tmp_path / "e", n=2, size=(7, 13), seed=1)
