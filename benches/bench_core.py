@@ -47,6 +47,25 @@ def cpu_model():
     return f"{model} ({os.cpu_count()} CPUs; {' '.join(simd) or 'no AVX'})"
 
 
+class BestTimes(dict):
+    """Best (smallest) time per key over repeated calls. ``clock="cpu"`` times a key whose
+    second item is 1 (threads=1) with this thread's CPU clock and others with the process's
+    (both immune to other programs' load); ``"wall"`` uses perf_counter."""
+
+    def __init__(self, clock: str):
+        super().__init__()
+        self.clock = clock
+
+    def __call__(self, key, fn):
+        clock = time.perf_counter
+        if self.clock == "cpu":
+            clock = time.thread_time if key[1] == 1 else time.process_time
+        t0 = clock()
+        r = fn()
+        self[key] = min(self.get(key, float("inf")), clock() - t0)
+        return r
+
+
 def exact_variance(x, axis):
     """Reference variance: exact integer sums for integers, extended-precision two pass for floats,
     in blocks along axis 0 (never a full-size temporary)."""
@@ -181,16 +200,7 @@ def main():
         x = make()
         gb = x.nbytes / 1e9
         raw = x.reshape(-1).view(np.uint8)  # the read loop takes plain bytes (bfloat16 has no buffer code)
-        best = {}
-
-        def timed(key, fn):
-            clock = time.perf_counter
-            if args.clock == "cpu":
-                clock = time.thread_time if key[1] == 1 else time.process_time
-            t0 = clock()
-            r = fn()
-            best[key] = min(best.get(key, float("inf")), clock() - t0)
-            return r
+        best = timed = BestTimes(args.clock)
 
         results = {}
         for _ in range(args.repeat):

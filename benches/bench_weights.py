@@ -27,7 +27,7 @@ import numpy as np
 import fastmoments
 from fastmoments import _core
 
-from bench_core import cpu_model  # noqa: E402  (same folder)
+from bench_core import BestTimes, cpu_model  # noqa: E402  (same folder)
 
 
 def _floats(n, rng, dtype):
@@ -140,16 +140,7 @@ def main():
         gb = (x.nbytes + w.nbytes) / 1e9
         raw_x = x.reshape(-1).view(np.uint8)
         raw_w = w.reshape(-1).view(np.uint8)
-        best = {}
-
-        def timed(key, fn):
-            clock = time.perf_counter
-            if args.clock == "cpu":
-                clock = time.thread_time if key[1] == 1 else time.process_time
-            t0 = clock()
-            r = fn()
-            best[key] = min(best.get(key, float("inf")), clock() - t0)
-            return r
+        best = timed = BestTimes(args.clock)
 
         results = {}
         for _ in range(args.repeat):
