@@ -12,7 +12,9 @@ needs no TensorFlow: ``FastNorm`` works under every Keras backend for those inpu
 
 ``adapt(..., reset_state=False)`` merges new data into the statistics adapted before;
 :func:`adapt_all` adapts one layer per feature of dict or tuple data from one pass; ragged
-tensors are reduced over their values.
+tensors are reduced over their values. ``adapt(..., sample_weight=, mask_value=)`` weights the
+statistics (the ``w`` of ``(x, y, w)`` elements, or an array) and drops padding; a tensor's Keras
+mask (``_keras_mask``) counts too.
 """
 
 from __future__ import annotations
