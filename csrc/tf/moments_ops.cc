@@ -45,17 +45,20 @@ Status moments_shape(InferenceContext* c) {
         for (int64_t k : kept) dims.push_back(c->Dim(x, k));
         out = c->MakeShape(dims);
     }
-    for (int i = 0; i < kStateFields; ++i) c->set_output(i, out);
+    const int fields = c->num_outputs() > kStateFields ? kWeightedStateFields : kStateFields;
+    for (int i = 0; i < fields; ++i) c->set_output(i, out);
+    if (c->num_outputs() > fields) c->set_output(fields, c->Scalar());  // bad_weights
     return absl::OkStatus();
 }
 
 // Output shape of MergeMoments: the common shape of both states; a scalar state may stand for
 // "no data yet" next to a state of any shape.
 Status merge_shape(InferenceContext* c) {
-    ShapeHandle a = c->input(0), b = c->input(kStateFields);
-    for (int i = 1; i < kStateFields; ++i) {
+    const int fields = c->num_outputs();  // 4, or 6 for MergeWeightedMoments
+    ShapeHandle a = c->input(0), b = c->input(fields);
+    for (int i = 1; i < fields; ++i) {
         TF_RETURN_IF_ERROR(c->Merge(a, c->input(i), &a));
-        TF_RETURN_IF_ERROR(c->Merge(b, c->input(kStateFields + i), &b));
+        TF_RETURN_IF_ERROR(c->Merge(b, c->input(fields + i), &b));
     }
     ShapeHandle out;
     if (!c->RankKnown(a) || !c->RankKnown(b)) {
@@ -67,7 +70,7 @@ Status merge_shape(InferenceContext* c) {
     } else {
         TF_RETURN_IF_ERROR(c->Merge(a, b, &out));
     }
-    for (int i = 0; i < kStateFields; ++i) c->set_output(i, out);
+    for (int i = 0; i < fields; ++i) c->set_output(i, out);
     return absl::OkStatus();
 }
 
@@ -112,6 +115,56 @@ REGISTER_OP("FastMoments>MergeMoments")
 Elementwise merge of two moment states (count, mean, m2, mean_lo) (Chan, Golub & LeVeque 1983)
 with fastmoments::combine.
 A scalar state with count 0 is the identity next to a state of any shape.
+)doc");
+
+REGISTER_OP("FastMoments>WeightedMoments")
+    .Input("x: T")
+    .Input("weights: W")
+    .Output("count: int64")
+    .Output("mean: double")
+    .Output("m2: double")
+    .Output("mean_lo: double")
+    .Output("sum_weights: double")
+    .Output("sum_weights_sq: double")
+    .Output("bad_weights: bool")
+    .Attr("T: {uint8, int8, int16, int32, int64, uint16, uint32, uint64, half, bfloat16, float, double, bool}")
+    .Attr("W: {float, double, bool}")
+    .Attr("keep_axes: list(int) = [-1]")
+    .Attr("nan_omit: bool = false")
+    .Attr("threads: int = 0")
+    .SetShapeFn(moments_shape)
+    .Doc(R"doc(
+Per-index weighted state (count, mean, m2, mean_lo, sum_weights, sum_weights_sq) of `x` with
+`weights` (float or double: non-negative finite weights; bool: a mask, NumPy's where=) of x's rank,
+each dimension x's or 1 (broadcast with stride 0, not copied). count: values of positive weight;
+mean = sum(w*x)/sum(w); m2 = sum(w*(x - mean)^2). The core's weighted driver, the kernel of
+fastmoments.compute(weights=, where=). bad_weights: some weight was negative, NaN or infinite
+(the statistics are then meaningless). Reduced and attrs as in Moments.
+)doc");
+
+REGISTER_OP("FastMoments>MergeWeightedMoments")
+    .Input("count_a: int64")
+    .Input("mean_a: double")
+    .Input("m2_a: double")
+    .Input("mean_lo_a: double")
+    .Input("sum_weights_a: double")
+    .Input("sum_weights_sq_a: double")
+    .Input("count_b: int64")
+    .Input("mean_b: double")
+    .Input("m2_b: double")
+    .Input("mean_lo_b: double")
+    .Input("sum_weights_b: double")
+    .Input("sum_weights_sq_b: double")
+    .Output("count: int64")
+    .Output("mean: double")
+    .Output("m2: double")
+    .Output("mean_lo: double")
+    .Output("sum_weights: double")
+    .Output("sum_weights_sq: double")
+    .SetShapeFn(merge_shape)
+    .Doc(R"doc(
+Elementwise merge of two weighted states with fastmoments::combine_weighted (Chan's merge with
+weight sums for counts). A scalar state with count 0 is the identity next to a state of any shape.
 )doc");
 
 }  // namespace fastmoments::tf_ops

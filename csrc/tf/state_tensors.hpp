@@ -1,5 +1,5 @@
-// The state record (fastmoments::MomentState) as tensors: one tensor per field, in the order of
-// kStateFields. Both ops output it; MergeMoments takes two of them. Every field travels, so a
+// The state records (fastmoments::MomentState, WeightedState) as tensors: one tensor per field, in
+// the order of kStateFields (kWeightedStateFields). The ops output them; the merge ops take two. Every field travels, so a
 // graph that merges states is exactly as precise as the core's own merges (mean_lo included).
 #pragma once
 #include <cstdint>
@@ -42,6 +42,36 @@ struct StateOut {
         mean[i] = s.mean;
         m2[i] = s.m2;
         mean_lo[i] = s.mean_lo;
+    }
+};
+
+// count (int64), mean, m2, mean_lo, sum_weights, sum_weights_sq (double): WeightedState's fields.
+// fastmoments/tf.py (WEIGHTED_STATE_FIELDS) checks the weighted ops' signatures against them.
+constexpr int kWeightedStateFields = 6;
+
+struct WeightedStateIn {
+    StateIn base;
+    const double* wsum;
+    const double* w2sum;
+
+    explicit WeightedStateIn(const ::tensorflow::Tensor* const* t)
+        : base(t), wsum(t[4]->flat<double>().data()), w2sum(t[5]->flat<double>().data()) {}
+    WeightedState operator[](int64_t i) const {
+        return WeightedState{base.count[i], base.mean[i], base.m2[i], base.mean_lo[i], wsum[i], w2sum[i]};
+    }
+};
+
+struct WeightedStateOut {
+    StateOut base;
+    double* wsum;
+    double* w2sum;
+
+    explicit WeightedStateOut(::tensorflow::Tensor* const* t)
+        : base(t), wsum(t[4]->flat<double>().data()), w2sum(t[5]->flat<double>().data()) {}
+    void set(int64_t i, const WeightedState& s) const {
+        base.set(i, MomentState{s.count, s.mean, s.m2, s.mean_lo});
+        wsum[i] = s.wsum;
+        w2sum[i] = s.w2sum;
     }
 };
 

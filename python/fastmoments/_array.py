@@ -61,18 +61,32 @@ def _reduce_converting(arr, keep, code, omit, threads, report, out_shape) -> Sta
 
 
 def _reduce_weighted(arr, weights, kept, omit, threads, report) -> State:
-    keep = keep_mask(kept, arr.ndim)
-    out_shape = tuple(arr.shape[i] for i in kept)
     if not is_native(arr.dtype) and arr.size > 1:
         return _weighted_converting(arr, weights, kept, omit, threads, report)
     if not is_native(arr.dtype):
         arr = arr.astype(arr.dtype.newbyteorder("="))
     poll = None if report is None else (lambda done, total: report(done * arr.dtype.itemsize))
+    state, bad = weighted_state(arr, weights, kept, omit, threads, poll)
+    if bad:
+        raise ValueError(bad_weights_message(weights))
+    return state
+
+
+def weighted_state(arr: np.ndarray, weights: np.ndarray, kept: Tuple[int, ...], omit: bool,
+                   threads: int, poll=None) -> Tuple[State, bool]:
+    """One pass of the weighted kernel over a native-order ``arr`` and a weight (or mask) view
+    of its shape: the state, and whether some weight was negative, NaN or infinite (name it
+    with :func:`bad_weights_message`). The TF fallback calls this as the op calls the core."""
+    keep = keep_mask(kept, arr.ndim)
+    out_shape = tuple(arr.shape[i] for i in kept)
     *parts, bad = _core.reduce_weighted(arr, weights, keep, dtype_code(arr.dtype),
                                         WEIGHT_CODES[weights.dtype], omit, threads, poll)
-    if bad:
-        raise ValueError(weights_problem(weights) or "weights must be finite and non-negative")
-    return State.of(parts, out_shape)
+    return State.of(parts, out_shape), bool(bad)
+
+
+def bad_weights_message(weights: np.ndarray) -> str:
+    """The ValueError text for weights the kernel flagged (``weights_problem``'s)."""
+    return weights_problem(np.asarray(weights)) or "weights must be finite and non-negative"
 
 
 def _weighted_converting(arr, weights, kept, omit, threads, report) -> State:

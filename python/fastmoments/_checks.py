@@ -208,6 +208,38 @@ def weights_problem(weights: np.ndarray) -> Optional[str]:
     return None
 
 
+def check_mask_value(value: Any, dtype: Any) -> Any:
+    """``mask_value=`` (FastNorm): values equal to it are dropped. It must be a number of the
+    data's kind: a bool for bool data; an integer in the dtype's range for integer data; a real
+    number for float data, compared in the data's dtype (rounded to it, as ``keras.layers.Masking``
+    compares), not NaN (NaN equals nothing) and not beyond the dtype's range. Returns it as a
+    scalar of that dtype; ``ValueError`` naming the value and dtype otherwise."""
+    dtype = np.dtype(dtype)
+    if isinstance(value, (np.ndarray, list, tuple)) and np.ndim(value) != 0:
+        raise ValueError(f"mask_value must be a single value, got {short_repr(value)}")
+    scalar = np.asarray(value)
+    kind = scalar.dtype.kind
+    wrong = f"mask_value {value!r} ({scalar.dtype}) is not a value of the data's dtype {dtype}"
+    if kind not in "biuf" or (kind == "b") != (dtype.kind == "b"):
+        raise ValueError(wrong)
+    if kind == "f" and np.isnan(scalar):
+        raise ValueError("mask_value cannot be NaN (NaN equals nothing); use nan_policy='omit' "
+                         "to drop NaN values")
+    if dtype.kind in "iu":
+        exact = float(scalar) == int(scalar) if kind == "f" and np.isfinite(scalar) else kind in "iu"
+        info = np.iinfo(dtype)
+        if not exact or not info.min <= int(scalar) <= info.max:
+            raise ValueError(wrong + " (no element could equal it)")
+        return dtype.type(int(scalar))
+    if dtype.kind == "f" or dtype.kind == "V":  # float16/32/64 (bfloat16: ml_dtypes)
+        with np.errstate(over="ignore"):
+            converted = np.asarray(scalar, np.float64).astype(dtype)
+        if not np.isfinite(np.asarray(converted, np.float64)) and np.isfinite(np.asarray(scalar, np.float64)):
+            raise ValueError(wrong + " (beyond its range)")
+        return converted[()]
+    return dtype.type(scalar)
+
+
 def short_repr(obj: Any, limit: int = 60) -> str:
     text = repr(obj)
     return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -12,7 +12,9 @@ needs no TensorFlow: ``FastNorm`` works under every Keras backend for those inpu
 
 ``adapt(..., reset_state=False)`` merges new data into the statistics adapted before;
 :func:`adapt_all` adapts one layer per feature of dict or tuple data from one pass; ragged
-tensors are reduced over their values.
+tensors are reduced over their values. ``adapt(..., sample_weight=, mask_value=)`` weights the
+statistics (the ``w`` of ``(x, y, w)`` elements, or an array) and drops padding; a tensor's Keras
+mask (``_keras_mask``) counts too.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 
 from ._accumulator import Accumulator
 from ._batchnorm import BatchNormRecalibration, LayerRecalibration, recalibrate_batchnorm
-from ._checks import check_count, check_nan_policy
+from ._checks import check_count, check_mask_value, check_nan_policy
 from ._compute import compute
 from ._moments import Moments, State
 from ._stream import paths_shape
@@ -139,6 +141,80 @@ def _shape_of(x: Any) -> Tuple[Optional[int], ...]:
     return tuple(None if d is None else int(d) for d in shape)
 
 
+class _Weighting:
+    """What ``adapt(sample_weight=, mask_value=)`` and a Keras mask ask of one source: the
+    values that count and their weights. ``sample_weight``: ``None`` (ignore weights, as Keras
+    does), ``True`` (the ``w`` of ``(x, y, w)`` elements) or an array aligned with array data."""
+
+    def __init__(self, sample_weight: Any = None, mask_value: Any = None):
+        self.sample_weight, self.mask_value = sample_weight, mask_value
+
+    @property
+    def from_elements(self) -> bool:
+        return self.sample_weight is True
+
+    @property
+    def array(self) -> Any:
+        return None if self.sample_weight is None or self.sample_weight is True else self.sample_weight
+
+    def mask_value_for(self, dtype: Any) -> Any:
+        """The checked mask value for data of ``dtype`` (``ValueError`` for a wrong one), or None."""
+        if self.mask_value is None:
+            return None
+        return check_mask_value(self.mask_value, dtype).item()
+
+
+def _check_sample_weight(sample_weight: Any) -> Any:
+    if sample_weight is None or sample_weight is True:
+        return sample_weight
+    if sample_weight is False:
+        return None
+    if isinstance(sample_weight, (str, bytes)) or not hasattr(sample_weight, "shape") and not \
+            isinstance(sample_weight, (list, tuple, float, int)):
+        raise TypeError("sample_weight must be None, True (the w of (x, y, w) dataset elements) "
+                        f"or an array aligned with array data, got {type(sample_weight).__name__}")
+    return sample_weight
+
+
+def _leading(w: np.ndarray, shape: Tuple[int, ...], name: str = "sample_weight") -> np.ndarray:
+    """Sample weights or a Keras mask aligned with the leading axes of data of ``shape`` (Keras's
+    meaning: ``(batch,)`` weights the rows, ``(batch, time)`` the steps), as a view."""
+    w = np.asarray(w)
+    if w.ndim > len(shape) or any(d not in (1, n) for d, n in zip(w.shape, shape)):
+        raise ValueError(f"{name} of shape {w.shape} does not align with the leading axes of the "
+                         f"data's shape {tuple(shape)}")
+    return w.reshape(w.shape + (1,) * (len(shape) - w.ndim))
+
+
+def _keras_mask_of(x: Any) -> Optional[np.ndarray]:
+    """The Keras mask a tensor carries (``x._keras_mask``, set by masking layers), as NumPy."""
+    mask = getattr(x, "_keras_mask", None)
+    return None if mask is None else _to_numpy(mask)
+
+
+def _where(values: Any, weighting: "_Weighting", keras_mask: Optional[np.ndarray]) -> Any:
+    """The ``where=`` mask of one array or batch: values unequal to ``mask_value`` and inside
+    the Keras mask; None when neither applies."""
+    where = None
+    mask_value = weighting.mask_value_for(values.dtype)
+    if mask_value is not None:
+        where = values != mask_value
+    if keras_mask is not None:
+        km = _leading(keras_mask, values.shape, "the Keras mask")
+        if km.dtype != np.bool_:
+            km = km.astype(bool)
+        where = km if where is None else where & km
+    return where
+
+
+def _ragged_value_weights(ragged: Any, w: Any) -> np.ndarray:
+    """Per-sequence weights of a ragged batch as weights of its flat values."""
+    from . import tf as fm_tf
+
+    tf = _tf()
+    return fm_tf._value_weights(ragged, tf.convert_to_tensor(np.asarray(_to_numpy(w)))).numpy()
+
+
 # -- progress ----------------------------------------------------------------------------------
 class _Progress:
     """A Keras ``Progbar`` counting samples, with the read rate in GB/s."""
@@ -180,17 +256,35 @@ class _ArraySource:
     """An ndarray, memmap, ``.npy`` path, eager tensor or dask array: one ``compute`` call."""
 
     def __init__(self, data: Any, shape: Tuple[Optional[int], ...], nbytes: Optional[int],
-                 ragged_rank: int = 0):
-        # For ragged data, ``data`` is its flat values and ``shape`` the ragged shape.
+                 ragged_rank: int = 0, ragged: Any = None, keras_mask: Any = None):
+        # For ragged data, ``data`` is its flat values, ``ragged`` the tensor and ``shape`` the
+        # ragged shape.
         self.data, self.input_shape, self.nbytes = data, shape, nbytes
-        self.ragged_rank = ragged_rank
+        self.ragged_rank, self.ragged, self.keras_mask = ragged_rank, ragged, keras_mask
 
-    def moments(self, keep, nan_policy, progress) -> Moments:
+    def moments(self, keep, nan_policy, progress, weighting: Optional[_Weighting] = None) -> Moments:
+        weighting = weighting or _Weighting()
         keep = _flat_keep(keep, self.ragged_rank)
         shape = self.input_shape if not self.ragged_rank else self.data.shape
         reduced = [shape[i] for i in range(len(shape)) if i not in keep]
         if any(n == 0 for n in reduced):
             raise ValueError(f"FastNorm.adapt() received empty data: shape {tuple(shape)}")
+        if weighting.from_elements:
+            raise ValueError("sample_weight=True uses the w of (x, y, w) dataset elements; for "
+                             "array data pass the weights as an array (sample_weight=w)")
+        data, weights, where = self.data, None, None
+        if weighting.array is not None or weighting.mask_value is not None or self.keras_mask is not None:
+            if isinstance(data, (str, os.PathLike)):
+                if not os.fspath(data).endswith(".npy"):
+                    raise ValueError("sample_weight, mask_value and Keras masks apply to arrays, "
+                                     f".npy files and datasets, not to {os.fspath(data)!r}")
+                data = np.load(data, mmap_mode="r")  # read in place, the weights beside it
+            if weighting.array is not None:
+                w = _to_numpy(weighting.array)
+                if self.ragged_rank:
+                    w = _ragged_value_weights(self.ragged, w)
+                weights = _leading(w, data.shape)
+            where = _where(data, weighting, None if self.ragged_rank else self.keras_mask)
         bar = None
         callback: Any = False
         if _want_progress(progress, (self.nbytes or 0) >= AUTO_PROGRESS_BYTES):
@@ -202,8 +296,8 @@ class _ArraySource:
                 bar.update(samples, done)
 
         try:
-            return compute(self.data, axis=tuple(keep) if keep else None, nan_policy=nan_policy,
-                           progress=callback)
+            return compute(data, axis=tuple(keep) if keep else None, nan_policy=nan_policy,
+                           progress=callback, weights=weights, where=where)
         finally:
             if bar is not None:
                 bar.close()
@@ -227,7 +321,7 @@ class _DatasetSource:
         self.ragged_rank = 0
         if isinstance(spec, tf.RaggedTensorSpec):
             if spec.ragged_rank == 0:  # one variable-length sequence per element: a dense tensor
-                dataset = dataset.map(lambda *e: _dense_x(e))
+                dataset = dataset.map(lambda *e: (_dense_x(e), *e[1:]) if len(e) > 1 else _dense_x(e))
             else:  # batches of variable-length sequences: their values, without padding
                 self.ragged_rank = int(spec.ragged_rank)
         batched = self._is_batched(shape, built_rank) or self.ragged_rank > 0
@@ -269,9 +363,31 @@ class _DatasetSource:
             return True
         return len(shape) > 1
 
-    def moments(self, keep, nan_policy, progress) -> Moments:
+    def moments(self, keep, nan_policy, progress, weighting: Optional[_Weighting] = None) -> Moments:
         from . import tf as fm_tf
 
+        weighting = weighting or _Weighting()
+        if weighting.array is not None:
+            raise ValueError("sample_weight as an array goes with array data; for a tf.data "
+                             "dataset use sample_weight=True with (x, y, w) elements")
+        if weighting.from_elements:
+            fm_tf.check_sample_weight_elements(self.dataset.element_spec)
+        x_spec = _extract_x(self.dataset.element_spec)
+        mask_value = weighting.mask_value_for(fm_tf._numpy_dtype(_tf().zeros([], x_spec.dtype)))
+        if weighting.from_elements or mask_value is not None:
+            ds = self.dataset if self.steps is None else self.dataset.take(self.steps)
+            if progress:  # read in Python, as below (same kernel per batch, exact merges)
+                if not self.batched:
+                    ds = ds.batch(_ROWS_PER_BATCH)
+                n = int(ds.cardinality())
+                return _IterableSource(ds, None, n if n >= 0 else None).moments(
+                    keep, nan_policy, progress, weighting)
+            if not self.batched:
+                ds = ds.batch(fm_tf._row_batch_size(x_spec))
+            path = (0,) if isinstance(ds.element_spec, tuple) else ()
+            return fm_tf._reduce_batches(
+                ds, [_flat_keep(keep, self.ragged_rank)], nan_policy, 0, paths=[path],
+                weight_path=(2,) if weighting.from_elements else None, mask_values=[mask_value])[0]
         if self.ragged_rank:
             flat = _flat_keep(keep, self.ragged_rank)
             ds = self.dataset if self.steps is None else self.dataset.take(self.steps)
@@ -335,7 +451,11 @@ class _IterableSource:
         self.length = length
         self._batches = itertools.chain([first], batches)
 
-    def moments(self, keep, nan_policy, progress) -> Moments:
+    def moments(self, keep, nan_policy, progress, weighting: Optional[_Weighting] = None) -> Moments:
+        weighting = weighting or _Weighting()
+        if weighting.array is not None:
+            raise ValueError("sample_weight as an array goes with array data; for batches of "
+                             "(x, y, w) use sample_weight=True")
         bar = None
         if _want_progress(progress, (self.length or 0) >= AUTO_PROGRESS_BATCHES):
             bar = _Progress(None)
@@ -343,7 +463,8 @@ class _IterableSource:
         samples = nbytes = 0
         try:
             for element in self._batches:
-                rows, size = reducer.add(_extract_x(element))
+                rows, size = reducer.add(_extract_x(element), _element_weights(element, weighting),
+                                         weighting)
                 samples, nbytes = samples + rows, nbytes + size
                 if bar is not None:
                     bar.update(samples, nbytes)
@@ -364,8 +485,8 @@ class _BatchReducer:
         self._acc: Optional[Accumulator] = None
         self._ragged_rank: Optional[int] = None
 
-    def add(self, x: Any) -> Tuple[int, int]:
-        """Adds one batch; returns its rows and bytes."""
+    def add(self, x: Any, w: Any = None, weighting: Optional[_Weighting] = None) -> Tuple[int, int]:
+        """Adds one batch (``w``: its sample weights, or None); returns its rows and bytes."""
         values, ragged_rank = _values_of(x)
         shape = _shape_of(x) if ragged_rank else values.shape
         ref, keep = self.input_shape, self.keep
@@ -382,13 +503,29 @@ class _BatchReducer:
             flat = _flat_keep(keep, ragged_rank)
             self._ragged_rank = ragged_rank
             self._acc = Accumulator(axis=flat if flat else None, nan_policy=self.nan_policy)
-        self._acc.update(values)
+        weights = None
+        if w is not None:
+            w = _ragged_value_weights(x, w) if ragged_rank else _to_numpy(w)
+            weights = _leading(w, values.shape)
+        where = _where(values, weighting or _Weighting(), None if ragged_rank else _keras_mask_of(x))
+        self._acc.update(values, weights=weights, where=where)
         return (shape[0] if len(shape) else 1), values.nbytes
 
     def result(self) -> Moments:
         if self._acc is None or self._acc.empty:
             raise ValueError("FastNorm.adapt() received empty data: every batch had no values")
         return self._acc.result()
+
+
+def _element_weights(element: Any, weighting: _Weighting) -> Any:
+    """The ``w`` of an ``(x, y, w)`` batch when ``sample_weight=True``, else None."""
+    if not weighting.from_elements:
+        return None
+    if not (isinstance(element, (tuple, list)) and len(element) == 3):
+        what = f"tuples of {len(element)}" if isinstance(element, (tuple, list)) else "single arrays"
+        raise ValueError("sample_weight=True uses the w of (x, y, w) batches, but the batches "
+                         f"are {what} (no weights)")
+    return element[2]
 
 
 def _dense_x(element: Tuple[Any, ...]) -> Any:
@@ -410,7 +547,7 @@ def _source(data: Any, batch_size: Optional[int], steps: Optional[int],
         raise ValueError("steps applies to datasets and iterables of batches, not to arrays")
     if _is_tf_ragged(data):
         values, ragged_rank = _values_of(data)
-        return _ArraySource(values, _shape_of(data), values.nbytes, ragged_rank)
+        return _ArraySource(values, _shape_of(data), values.nbytes, ragged_rank, ragged=data)
     if isinstance(data, np.ndarray):
         return _ArraySource(data, data.shape, data.nbytes)
     if isinstance(data, (str, os.PathLike)):
@@ -422,7 +559,7 @@ def _source(data: Any, batch_size: Optional[int], steps: Optional[int],
         return _ArraySource(data, shape, nbytes)
     if _is_tf_tensor(data) or keras.ops.is_tensor(data) or _is_pandas(data):
         arr = _to_numpy(data)
-        return _ArraySource(arr, arr.shape, arr.nbytes)
+        return _ArraySource(arr, arr.shape, arr.nbytes, keras_mask=_keras_mask_of(data))
     if _is_tf_dataset(data):
         return _DatasetSource(data, batch_size, steps, built_rank)
     if batch_size is not None:
@@ -509,8 +646,8 @@ class FastNorm(keras.layers.Normalization):
         # The exact statistics behind adapt_mean/adapt_variance, for reset_state=False.
         self._exact_state = _ExactState()
 
-    def adapt(self, data, batch_size=None, steps=None, *, nan_policy="propagate", progress=None,
-              reset_state=True):
+    def adapt(self, data, batch_size=None, steps=None, *, sample_weight=None, mask_value=None,
+              nan_policy="propagate", progress=None, reset_state=True):
         """Sets the layer's mean and variance to those of ``data`` (or, with
         ``reset_state=False``, of the data adapted before and ``data`` together), exactly.
 
@@ -538,6 +675,21 @@ class FastNorm(keras.layers.Normalization):
         steps : int, optional
             Read at most this many batches (elements of a dataset). Required for a dataset that
             repeats forever and an infinite PyDataset (``ValueError`` without it).
+        sample_weight : None, True or array_like
+            ``None`` (default) ignores sample weights, as ``Normalization.adapt`` does. ``True``
+            weights ``x`` by the ``w`` of ``(x, y, w)`` dataset elements or batches (the weighted
+            TF op in the graph-mode loop for ``tf.data``). An array weights array data (arrays,
+            memmaps, ``.npy`` files, tensors; ragged data: one weight per sequence). Weights
+            align with the leading axes of ``x`` (Keras's meaning: ``(batch,)`` weights the
+            rows, ``(batch, time)`` the steps) and must be non-negative and finite. The layer's
+            mean is then ``sum(w*x)/sum(w)`` and its variance ``sum(w*(x - mean)**2)/sum(w)``,
+            exactly what repeating each row ``w`` times gives for integer weights.
+        mask_value : scalar, optional
+            Values equal to it (padding) do not exist for the statistics (per-feature counts,
+            as ``where=`` in :func:`fastmoments.compute`). It must be a value of the data's
+            dtype (an integer for integer data, not NaN: use ``nan_policy="omit"``), else
+            ``ValueError``. A Keras mask carried by a tensor given to ``adapt`` (its
+            ``_keras_mask``, aligned with the leading axes) drops the masked steps too.
         nan_policy : {"propagate", "omit", "raise"}
             As in :func:`fastmoments.compute`: NaN statistics, NaN-skipping statistics, or
             ``ValueError``.
@@ -560,7 +712,10 @@ class FastNorm(keras.layers.Normalization):
         Raises
         ------
         ValueError
-            Empty data; data whose kept axes do not match the built layer; a repeating
+            ``sample_weight=True`` on data without weights, an array ``sample_weight`` with a
+            dataset, weights of another shape or negative, NaN or infinite (``compute``'s
+            texts), a ``mask_value`` of the wrong dtype;
+            empty data; data whose kept axes do not match the built layer; a repeating
             dataset without ``steps``; a layer constructed with ``mean``/``variance``;
             ``reset_state=False`` on a layer whose mean and variance were not set by
             ``FastNorm.adapt`` (``set_weights``, a file saved without the exact state, or
@@ -582,11 +737,12 @@ class FastNorm(keras.layers.Normalization):
         if progress is not None and not isinstance(progress, (bool, np.bool_)):
             raise TypeError(f"progress must be True, False or None (auto), got {progress!r}")
         reset_state = _check_reset_state(reset_state)
+        weighting = _Weighting(_check_sample_weight(sample_weight), mask_value)
         self._check_adaptable()
         source = _source(data, batch_size, steps, self._built_rank())
         self._build_for(tuple(source.input_shape), reset_state)
         previous = None if reset_state else self._previous_state()
-        moments = source.moments(self._keep_axis, nan_policy, progress)
+        moments = source.moments(self._keep_axis, nan_policy, progress, weighting)
         self._set_statistics(self._merged(previous, moments))
 
     # -- helpers -----------------------------------------------------------------------------
@@ -618,8 +774,11 @@ class FastNorm(keras.layers.Normalization):
         variables' dtypes."""
         shape = tuple(self._mean_and_var_shape)
         count = state.count
+        # Population variance: m2 / count, or m2 / sum(w) for weighted statistics.
+        total = count.astype(np.float64) if state.sum_weights is None else state.sum_weights
         with np.errstate(invalid="ignore", divide="ignore"):
-            variance = np.where(count > 0, state.m2 / np.maximum(count, 1), np.nan)
+            variance = np.where((count > 0) & (total > 0), state.m2 / np.where(total > 0, total, 1.0),
+                                np.nan)
         mean = np.asarray(state.mean, np.float64).reshape(shape)
         return (mean.astype(self.adapt_mean.dtype),
                 np.asarray(variance).reshape(shape).astype(self.adapt_variance.dtype))
@@ -784,7 +943,7 @@ def _check_layers(layers: Any) -> Tuple[list, bool]:
 
 def _dataset_features(layers: Mapping, keys: list, named: bool, dataset: Any,
                       batch_size: Optional[int], steps: Optional[int],
-                      reset_state: bool, nan_policy: str) -> list:
+                      reset_state: bool, nan_policy: str, weighting: _Weighting) -> list:
     """Every keyed feature of a ``tf.data`` dataset from one graph-mode pass."""
     tf = _tf()
     from . import tf as fm_tf
@@ -844,13 +1003,26 @@ def _dataset_features(layers: Mapping, keys: list, named: bool, dataset: Any,
 
     # The loop picks each feature (and a ragged one's flat values) itself: no map to trace.
     prefix = _container_path(dataset.element_spec, named)
+    weight_path = None
+    if weighting.from_elements:
+        if prefix != (0,) or len(dataset.element_spec) != 3:
+            raise ValueError("sample_weight=True uses the w of (features, y, w) dataset "
+                             f"elements; these elements have no weights: {dataset.element_spec!r}")
+        weight_path = (2,)
+    if weighting.array is not None:
+        raise ValueError("sample_weight as an array goes with array data; for a tf.data dataset "
+                         "use sample_weight=True with (features, y, w) elements")
+    mask_values = [weighting.mask_value_for(fm_tf._numpy_dtype(tf.zeros([], batch_specs[k].dtype)))
+                   for k in keys]
     moments = fm_tf._reduce_batches(dataset, keeps, nan_policy, 0,
-                                    paths=[prefix + (key,) for key in keys])
+                                    paths=[prefix + (key,) for key in keys],
+                                    weight_path=weight_path, mask_values=mask_values)
     return [(layers[k], p, m) for k, p, m in zip(keys, previous, moments)]
 
 
 def _iterable_features(layers: Mapping, keys: list, named: bool, data: Any,
-                       steps: Optional[int], reset_state: bool, nan_policy: str) -> list:
+                       steps: Optional[int], reset_state: bool, nan_policy: str,
+                       weighting: _Weighting) -> list:
     """Every keyed feature of an iterable of batches (PyDataset, list, generator), read once."""
     if isinstance(data, keras.utils.PyDataset) and data.num_batches is None and steps is None:
         raise ValueError("adapt_all() got an infinite PyDataset (num_batches is None); pass steps=")
@@ -871,15 +1043,19 @@ def _iterable_features(layers: Mapping, keys: list, named: bool, data: Any,
         layers[key]._build_for(shape, reset_state)
         previous.append(None if reset_state else layers[key]._previous_state())
         reducers.append(_BatchReducer(layers[key]._keep_axis, shape, nan_policy))
+    if weighting.array is not None:
+        raise ValueError("sample_weight as an array goes with array data; for batches of "
+                         "(features, y, w) use sample_weight=True")
     for element in itertools.chain([first], elements):
         container = _feature_container(element, named)
+        w = _element_weights(element, weighting)
         for key, reducer in zip(keys, reducers):
-            reducer.add(_feature(container, key))
+            reducer.add(_feature(container, key), w, weighting)
     return [(layers[k], p, r.result()) for k, p, r in zip(keys, previous, reducers)]
 
 
-def adapt_all(layers, data, batch_size=None, steps=None, *, nan_policy="propagate",
-              reset_state=True) -> None:
+def adapt_all(layers, data, batch_size=None, steps=None, *, sample_weight=None, mask_value=None,
+              nan_policy="propagate", reset_state=True) -> None:
     """Adapts several :class:`FastNorm` layers, one per feature, from one pass over ``data``.
 
     Where ``keras.utils.FeatureSpace`` (and a loop of ``Normalization.adapt`` calls) reads the
@@ -897,8 +1073,11 @@ def adapt_all(layers, data, batch_size=None, steps=None, *, nan_policy="propagat
         ``(features, y, w)`` (the features, as Keras reads ``x``). A dict (or tuple) of arrays
         is read feature by feature, each array once, as :meth:`FastNorm.adapt` reads it.
         Features may be ``tf.RaggedTensor`` (their values are reduced).
-    batch_size, steps, nan_policy, reset_state :
-        As in :meth:`FastNorm.adapt`, for every layer.
+    batch_size, steps, sample_weight, mask_value, nan_policy, reset_state :
+        As in :meth:`FastNorm.adapt`, for every layer: ``sample_weight=True`` weights every
+        feature by the ``w`` of ``(features, y, w)`` elements, an array weights the rows of a
+        dict (or tuple) of arrays; ``mask_value`` drops the values equal to it in every feature
+        (checked against each feature's dtype).
 
     Raises
     ------
@@ -918,6 +1097,7 @@ def adapt_all(layers, data, batch_size=None, steps=None, *, nan_policy="propagat
     batch_size = check_count("batch_size", batch_size)
     steps = check_count("steps", steps)
     reset_state = _check_reset_state(reset_state)
+    weighting = _Weighting(_check_sample_weight(sample_weight), mask_value)
     keys, named = _check_layers(layers)
     if named and isinstance(data, tuple) and data and isinstance(data[0], Mapping):
         data = data[0]  # (x, y) arrays with x a dict
@@ -931,16 +1111,18 @@ def adapt_all(layers, data, batch_size=None, steps=None, *, nan_policy="propagat
             source = _source(_feature(container, key), batch_size, steps, layer._built_rank())
             layer._build_for(tuple(source.input_shape), reset_state)
             previous = None if reset_state else layer._previous_state()
-            results.append((layer, previous, source.moments(layer._keep_axis, nan_policy, False)))
+            results.append((layer, previous, source.moments(layer._keep_axis, nan_policy, False,
+                                                            weighting)))
     elif _is_tf_dataset(data):
         results = _dataset_features(layers, keys, named, data, batch_size, steps, reset_state,
-                                    nan_policy)
+                                    nan_policy, weighting)
     elif batch_size is not None:
         raise ValueError("batch_size applies to arrays and unbatched tf.data datasets; iterables "
                          "and PyDatasets yield their own batches")
     elif isinstance(data, keras.utils.PyDataset) or (hasattr(data, "__iter__")
                                                       and not isinstance(data, (str, bytes))):
-        results = _iterable_features(layers, keys, named, data, steps, reset_state, nan_policy)
+        results = _iterable_features(layers, keys, named, data, steps, reset_state, nan_policy,
+                                     weighting)
     else:
         raise TypeError(f"adapt_all() cannot read {type(data).__name__}; it reads tf.data "
                         "datasets, dicts or tuples of arrays, PyDatasets and iterables of batches")
