@@ -12,6 +12,7 @@ import math
 import operator
 import os
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Sequence, Tuple, Union
@@ -67,20 +68,28 @@ class NpyHeader:
     nbytes: int
 
 
+# NumPy parses the header dict with ast.literal_eval, which on CPython 3.11 is not thread-safe:
+# two threads parsing at once can fail with "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905), which would read as a corrupt file. Headers are tiny; their
+# parsing is serialized.
+_HEADER_PARSE = threading.Lock()
+
+
 def read_npy_header(f: BinaryIO, where: str) -> NpyHeader:
     """The header at ``f``'s position (every format version: 1.0, 2.0, 3.0), checked: a
     ``ValueError`` naming ``where`` for anything malformed, ``TypeError`` for a dtype the kernel
     cannot read. Leaves ``f`` at the first data byte."""
     start = f.tell()
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            # 3.0 differs from 2.0 only by UTF-8 field names, which plain dtypes do not have.
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unknown .npy format version {version}")
+        with _HEADER_PARSE:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                # 3.0 differs from 2.0 only by UTF-8 field names, which plain dtypes do not have.
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unknown .npy format version {version}")
     except Exception as exc:  # noqa: BLE001 -- untrusted header: NumPy's parser raises IndexError,
         # KeyError, SyntaxError, MemoryError, RecursionError, tokenize errors... on crafted ones
         raise ValueError(f"{where} is not a readable .npy file: {exc}") from None
