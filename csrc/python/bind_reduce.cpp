@@ -23,49 +23,22 @@ namespace {
 // reduce(array, keep, dtype_code, nan_omit, threads, poll, isa) -> (count, mean, m2)
 py::tuple reduce(py::array arr, std::vector<bool> keep, int dtype_code, bool nan_omit, int threads,
                  py::object poll, const std::string& isa_name) {
-    const int ndim = static_cast<int>(arr.ndim());
-    if (static_cast<int>(keep.size()) != ndim)
-        throw py::value_error("keep has " + std::to_string(keep.size()) + " entries for an array of " +
-                              std::to_string(ndim) + " dimensions");
-    if (dtype_code < 0 || dtype_code > static_cast<int>(DType::Float64))
-        throw py::value_error("invalid dtype code " + std::to_string(dtype_code));
-    const DType dtype = static_cast<DType>(dtype_code);
-    if (arr.itemsize() != dtype_itemsize(dtype))
-        throw py::type_error(std::string("array itemsize does not match dtype ") + dtype_name(dtype));
-    if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
+    const ReduceArgs a(arr, keep, dtype_code, threads);
     const isa::Variant& variant = pick_variant(isa_name);
-
-    std::vector<int64_t> shape(ndim), strides(ndim);
-    std::vector<py::ssize_t> out_shape;
-    int64_t reduced = 1;
-    bool any_empty = false;
-    std::unique_ptr<bool[]> keep_flags(new bool[ndim > 0 ? ndim : 1]);
-    for (int i = 0; i < ndim; ++i) {
-        shape[i] = arr.shape(i);
-        strides[i] = arr.strides(i);
-        keep_flags[i] = keep[i];
-        if (keep[i]) out_shape.push_back(arr.shape(i)); else reduced *= shape[i];
-        any_empty = any_empty || shape[i] == 0;
-    }
-    int64_t nout = 1;
-    for (auto d : out_shape) nout *= d;
-    StateArrays result(out_shape);
-    if (nout == 0) return result.fields();
-    if (any_empty) throw py::value_error("cannot compute moments of an empty reduction (0 values per output)");
+    StateArrays result(a.out_shape);
+    if (a.nout == 0) return result.fields();
+    a.check_values();
 
     MomentState* out = result.data();
     PythonPoll poller(poll);
-    ReduceOptions opt;
-    opt.threads = threads;
-    opt.nan_policy = nan_omit ? NanPolicy::Omit : NanPolicy::Propagate;
-    opt.poll = [&poller](int64_t done, int64_t total) { return poller(done, total); };
+    const ReduceOptions opt = reduce_options(threads, nan_omit, poller);
     Status status;
     {
         // Safe without the GIL: the kernel only reads the buffer (kept alive by `arr`) and writes
         // `out` (the result's own buffer); Python objects are touched only inside `opt.poll`, which
         // takes the GIL back.
         py::gil_scoped_release release;
-        status = variant.reduce(arr.data(), dtype, ndim, shape.data(), strides.data(), keep_flags.get(),
+        status = variant.reduce(arr.data(), a.dtype, a.ndim, a.shape.data(), a.strides.data(), a.keep.get(),
                                 out, opt);
     }
     poller.rethrow();

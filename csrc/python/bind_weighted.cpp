@@ -53,63 +53,40 @@ private:
 py::tuple reduce_weighted(py::array arr, py::array weights, std::vector<bool> keep, int dtype_code,
                           int weight_code, bool nan_omit, int threads, py::object poll,
                           const std::string& isa_name) {
-    const int ndim = static_cast<int>(arr.ndim());
-    if (static_cast<int>(keep.size()) != ndim)
-        throw py::value_error("keep has " + std::to_string(keep.size()) + " entries for an array of " +
-                              std::to_string(ndim) + " dimensions");
+    const ReduceArgs a(arr, keep, dtype_code, threads);
+    const int ndim = a.ndim;
     if (weights.ndim() != ndim)
         throw py::value_error("weights must have the data's shape (broadcast them first)");
     for (int i = 0; i < ndim; ++i)
         if (weights.shape(i) != arr.shape(i))
             throw py::value_error("weights must have the data's shape (broadcast them first)");
-    if (dtype_code < 0 || dtype_code > static_cast<int>(DType::Float64))
-        throw py::value_error("invalid dtype code " + std::to_string(dtype_code));
-    const DType dtype = static_cast<DType>(dtype_code);
-    if (arr.itemsize() != dtype_itemsize(dtype))
-        throw py::type_error(std::string("array itemsize does not match dtype ") + dtype_name(dtype));
     if (weight_code < 0 || weight_code > static_cast<int>(WeightType::Mask))
         throw py::value_error("invalid weight code " + std::to_string(weight_code));
     const WeightType wtype = static_cast<WeightType>(weight_code);
     const py::ssize_t witem = wtype == WeightType::Float64 ? 8 : wtype == WeightType::Float32 ? 4 : 1;
     if (weights.itemsize() != witem) throw py::type_error("weights itemsize does not match the weight code");
-    if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
     const isa::Variant& variant = pick_variant(isa_name);
 
-    std::vector<int64_t> shape(ndim), strides(ndim), wstrides(ndim);
-    std::vector<py::ssize_t> out_shape;
-    bool any_empty = false;
-    std::unique_ptr<bool[]> keep_flags(new bool[ndim > 0 ? ndim : 1]);
-    for (int i = 0; i < ndim; ++i) {
-        shape[i] = arr.shape(i);
-        strides[i] = arr.strides(i);
-        wstrides[i] = weights.strides(i);
-        keep_flags[i] = keep[i];
-        if (keep[i]) out_shape.push_back(arr.shape(i));
-        any_empty = any_empty || shape[i] == 0;
-    }
-    int64_t nout = 1;
-    for (auto d : out_shape) nout *= d;
-    WeightedStateArrays result(out_shape);
-    if (nout == 0) {
+    std::vector<int64_t> wstrides(ndim);
+    for (int i = 0; i < ndim; ++i) wstrides[i] = weights.strides(i);
+    WeightedStateArrays result(a.out_shape);
+    if (a.nout == 0) {
         py::tuple f = result.fields();
         return py::make_tuple(f[0], f[1], f[2], f[3], f[4], f[5], false);
     }
-    if (any_empty) throw py::value_error("cannot compute moments of an empty reduction (0 values per output)");
+    a.check_values();
 
     WeightedState* out = result.data();
     PythonPoll poller(poll);
-    ReduceOptions opt;
-    opt.threads = threads;
-    opt.nan_policy = nan_omit ? NanPolicy::Omit : NanPolicy::Propagate;
-    opt.poll = [&poller](int64_t done, int64_t total) { return poller(done, total); };
+    const ReduceOptions opt = reduce_options(threads, nan_omit, poller);
     Status status;
     bool bad = false;
     {
         // Safe without the GIL: the kernel only reads both buffers (kept alive by `arr` and
         // `weights`) and writes the result's own buffer; the poll takes the GIL back.
         py::gil_scoped_release release;
-        status = variant.reduce_weighted(arr.data(), dtype, ndim, shape.data(), strides.data(), weights.data(),
-                                         wtype, wstrides.data(), keep_flags.get(), out, &bad, opt);
+        status = variant.reduce_weighted(arr.data(), a.dtype, a.ndim, a.shape.data(), a.strides.data(),
+                                         weights.data(), wtype, wstrides.data(), a.keep.get(), out, &bad, opt);
     }
     poller.rethrow();
     if (status != Status::Ok) throw py::value_error("computation cancelled");

@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                     help="threads (default: the CPUs this process may use)")
     st.add_argument("--weights", metavar="FILE",
-                    help="a .npy of non-negative weights read beside the data (memory-mapped): one "
-                         "per row (length N) or broadcastable to the data; the data must be one .npy")
+                    help="a .npy of non-negative weights read beside the data block by block: one "
+                         "per row (length N of the files concatenated along axis 0) or broadcastable "
+                         "to the data")
     st.add_argument("--where", metavar="FILE",
                     help="a boolean .npy mask broadcastable to the data (only True values count)")
     st.add_argument("--out", metavar="FILE", help="write the statistics to FILE.npz or FILE.json")
@@ -283,17 +284,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     description, nbytes = _describe_sources(paths, args.recursive)
     data: Any = paths[0] if len(paths) == 1 else paths
-    weighting = {}
-    if args.weights is not None or args.where is not None:
-        from ._npyfile import load_npy
-
-        if len(paths) != 1 or not paths[0].lower().endswith(".npy") or args.recursive:
-            raise CommandError("--weights and --where need exactly one .npy data file")
-        data = load_npy(paths[0])  # memory maps: the kernel reads data and weights in place
-        if args.weights is not None:
-            weighting["weights"] = load_npy(args.weights)
-        if args.where is not None:
-            weighting["where"] = load_npy(args.where)
+    # Weight and mask files are read beside the data, block by block (bounded memory).
+    weighting = {k: v for k, v in (("weights", args.weights), ("where", args.where)) if v is not None}
     t0 = time.perf_counter()
     r = fastmoments.compute(data, axis=args.axis, ddof=args.ddof, nan_policy=args.nan_policy,
                             threads=args.threads, progress=progress, recursive=args.recursive,

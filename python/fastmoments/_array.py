@@ -3,6 +3,7 @@ reduction that the file door uses for data it holds in memory."""
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -12,6 +13,7 @@ from ._axes import keep_mask, normalize_keep_axes
 from ._dtypes import dtype_code, is_floating, is_native
 from ._finish import check_reduction, finish, kernel_omits, values_per_output
 from ._moments import Moments, State
+from ._npyfile import load_npy
 from ._progress import progress_reporter
 from ._checks import ComputeOptions, WEIGHT_CODES, check_weights, check_where, weights_problem
 
@@ -118,6 +120,9 @@ def weights_view(arr: np.ndarray, weights, where) -> Optional[np.ndarray]:
     a view of ``arr``'s shape (a mask stays a mask; both given: weights zeroed where masked)."""
     if weights is None and where is None:
         return None
+    # A .npy path beside an in-memory array: read in place through a checked memory map.
+    weights = load_npy(weights) if isinstance(weights, (str, bytes, os.PathLike)) else weights
+    where = load_npy(where) if isinstance(where, (str, bytes, os.PathLike)) else where
     mask = None if where is None else check_where(where, arr.shape)
     if weights is None:
         return mask

@@ -13,7 +13,7 @@ from ._checks import (ComputeOptions, as_array, check_ddof, check_device, check_
                       check_on_error, check_recursive, check_sample, check_threads,
                       default_threads, split_masked)
 from ._moments import Moments
-from ._routes import find_route, is_dask_collection
+from ._routes import find_route, is_dask_collection, is_stream_source
 
 __all__ = ["compute", "default_threads"]
 
@@ -77,7 +77,10 @@ def compute(data: Any, axis: AxisLike = -1, *, weights: Any = None, where: Any =
         ``m2 / (sum(w) - ddof)`` (frequency weights) and :attr:`Moments.reliability_variance`
         (``np.cov``'s ``aweights``); ``count`` is the number of values of positive weight. A
         value of weight 0 does not exist for the statistics (even NaN or inf). Negative, NaN or
-        infinite weights raise ``ValueError``. In-memory arrays, memory maps and Dask arrays.
+        infinite weights raise ``ValueError``. In-memory arrays, memory maps, files and Dask
+        arrays. With files (a list or glob concatenated along axis 0), ``weights`` and ``where``
+        may be arrays or paths of ``.npy`` files, read beside the data block by block (bounded
+        memory): a 1-D per-row vector of the total number of rows, or the data's full shape.
     where : array_like of bool, optional
         NumPy's ``where=`` (``np.mean(x, where=m)``): only values where the mask is True count;
         per-index counts as under ``nan_policy="omit"``. An index with no value left (or whose
@@ -115,11 +118,9 @@ def compute(data: Any, axis: AxisLike = -1, *, weights: Any = None, where: Any =
             raise ValueError("sample=, dtype= and shape= apply to files, not to in-memory arrays")
         return array_moments(data, opts)
     route = find_route(data, device)
-    if weighted and route is not None and not is_dask_collection(data):
-        raise ValueError(f"weights= and where= are supported for NumPy arrays, memory maps and "
-                         f"Dask arrays; "
-                         f"not yet for {type(data).__name__} inputs (open a .npy file with "
-                         f"np.load(path, mmap_mode='r'))")
+    if weighted and route is not None and not (is_dask_collection(data) or is_stream_source(data)):
+        raise ValueError(f"weights= and where= are supported for NumPy arrays, memory maps, files "
+                         f"and Dask arrays; not yet for {type(data).__name__} inputs")
     if route is not None:
         return route(data, opts)
     if sample is not None or dtype is not None or shape is not None:

@@ -28,6 +28,7 @@ one short run per column, read piece by piece.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import glob
 import math
 import mmap
@@ -44,14 +45,15 @@ import numpy as np
 
 from . import _core
 from ._axes import keep_mask, kept_shape, normalize_keep_axes
-from ._array import array_moments, reduce_ndarray
+from ._array import array_moments, reduce_ndarray, weights_view
 from ._dtypes import check_plain_dtype, dtype_code, is_floating, is_native
-from ._finish import finish, kernel_omits
+from ._finish import check_reduction, finish, kernel_omits
 from ._npyfile import (NPY_MAGIC, ZIP_MAGIC, checked_nbytes, npy_header_of_file, npz_member,
                        read_npy_header, stored_member_data_start)
 from ._moments import Moments, State
 from ._progress import progress_reporter
-from ._checks import ComputeOptions
+from ._checks import (ComputeOptions, aligned_shape, check_weights_dtype,
+                      check_where_dtype)
 from ._imaging import (DecodedFile, DecodedStates, check_same_channels, file_kind, list_directory,
                        open_file)
 
@@ -619,6 +621,208 @@ def _reduce_chunked(src: ChunkedArray, keep_c, cshape, ranges, omit, opts, repor
     return out
 
 
+# ---- weights and masks beside files --------------------------------------------------------------
+
+# Rows are read, weighted and reduced in blocks of about this many bytes of data; a few blocks (and
+# their weights) are in memory at once, whatever the size of the files.
+WEIGHTED_BLOCK_BYTES = 16 << 20
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, bytes, os.PathLike))
+
+
+def _block_reader(src, where: str) -> Tuple[Callable[[int, int], np.ndarray], Callable[[], None]]:
+    """``read(r0, r1)``: rows ``r0:r1`` (axis 0) of ``src`` as an array, and a ``close()``. Files
+    are ``pread`` into a new buffer per block (a Fortran-order file one run per column); nothing
+    else of the file is held in memory."""
+    if isinstance(src, ChunkedArray):
+        if src.fortran:
+            raise ValueError(f"weights= and where= read Fortran-order chunked arrays row by row, "
+                             f"which this one cannot do ({where}); store it in C order")
+        return src.read, lambda: None
+    if isinstance(src, StreamedMember):
+        if src.fortran:
+            raise ValueError(f"weights= and where= need the rows of {src.where}, a compressed "
+                             f"Fortran-order member; store it uncompressed or in C order")
+        row_bytes = math.prod(src.shape[1:]) * src.dtype.itemsize
+        pos = [0]
+
+        def read_member(r0: int, r1: int) -> np.ndarray:
+            src.skip(r0 * row_bytes - pos[0])  # blocks come in order: the stream is read once
+            buf = src.read_exact((r1 - r0) * row_bytes)
+            pos[0] = r1 * row_bytes
+            return np.frombuffer(buf, dtype=src.dtype).reshape((r1 - r0,) + tuple(src.shape[1:]))
+
+        return read_member, lambda: None
+    if isinstance(src, np.ndarray):  # a small dataset h5py/zarr hand over in memory
+        return (lambda r0, r1: src[r0:r1]), lambda: None
+    if not isinstance(src, FileArray):
+        raise ValueError(f"weights= and where= are not supported for decoded image or NIfTI files "
+                         f"({where}); convert them to .npy")
+    fd = (os.dup(src.fd) if src.fd >= 0 else
+          os.open(src.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+    shape, item = tuple(src.shape), src.dtype.itemsize
+    n_rows = shape[0] if shape else 1
+    tail = shape[1:]
+    # Fortran order: the file holds one run of all rows per column (the logical shape reversed).
+    columns = math.prod(tail) if src.fortran and len(shape) > 1 else 1
+
+    def pread_into(buf: np.ndarray, offset: int) -> None:
+        view = memoryview(buf).cast("B")
+        got = 0
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                raise ValueError(f"{where} is truncated: it ends before byte {offset + len(view)}")
+            got += n
+
+    def read(r0: int, r1: int) -> np.ndarray:
+        rows = r1 - r0
+        if columns == 1:
+            buf = np.empty((rows,) + tail, src.dtype)
+            pread_into(buf, src.offset + r0 * math.prod(tail) * item)
+            return buf
+        buf = np.empty((columns, rows), src.dtype)
+        for c in range(columns):
+            pread_into(buf[c], src.offset + (c * n_rows + r0) * item)
+        return buf.reshape(tuple(reversed(tail)) + (rows,)).T
+
+    return read, lambda: os.close(fd)
+
+
+def _rows_of_side(value: Any, name: str, shape: Tuple[int, ...], opened: list):
+    """``weights=``/``where=`` for data of ``shape`` read by rows: ``rows(r0, r1)``, the part that
+    weighs rows ``r0:r1`` (broadcastable to them), or None. An array is sliced; a ``.npy`` file is
+    read beside the data, row block by row block (or whole when it holds no row axis: it is then
+    at most one row's size). Shapes are checked here, once, against the whole data."""
+    if value is None:
+        return None
+    check_dtype = check_weights_dtype if name == "weights" else check_where_dtype
+    rows_rule = name == "weights"
+    if _is_path(value):
+        path = os.fsdecode(os.fspath(value))
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such {name} file: {path!r}")
+        where = f"{name} file {path!r}"
+        head = npy_header_of_file(path, where, _regular_file_size(path))
+        check_dtype(head.dtype)
+        aligned = aligned_shape(head.shape, shape, name, rows_rule)
+        src = FileArray(path, head.offset, head.dtype, head.shape, head.fortran)
+        if len(aligned) == len(shape) and shape and aligned[0] == shape[0] != 1:
+            read, close = _block_reader(src, where)
+            opened.append(close)
+            return lambda r0, r1: read(r0, r1).reshape((r1 - r0,) + aligned[1:])
+        whole = np.array(_materialize(src)).reshape(aligned)  # no row axis: at most a row's size
+        return lambda r0, r1: whole
+    arr = np.asarray(value)
+    check_dtype(arr.dtype)
+    aligned = aligned_shape(arr.shape, shape, name, rows_rule)
+    arr = arr.reshape(aligned)
+    if len(aligned) == len(shape) and shape and aligned[0] == shape[0] != 1:
+        return lambda r0, r1: arr[r0:r1]
+    return lambda r0, r1: arr
+
+
+def _compute_weighted(sources, opts: ComputeOptions) -> Moments:
+    """Weighted or masked moments of files (concatenated along axis 0): blocks of rows are read
+    with their weights and mask (arrays sliced, ``.npy`` files read alongside), weighted by the
+    array door's rule (``weights_view``) and reduced by the weighted kernel; block states are
+    joined in row order. A reader pool reads the next blocks while the kernel works."""
+    if opts.sample is not None:
+        raise ValueError("sample= does not combine with weights= or where= (the weights of the "
+                         "rows left out would be skipped silently)")
+    if opts.on_error != "raise":
+        raise ValueError("on_error='skip' does not combine with weights= or where=: a skipped "
+                         "file would shift the rows the weights belong to")
+    shapes = [_logical_shape(s) for s in sources]
+    ndim = len(shapes[0])
+    if ndim == 0 or any(len(s) != ndim or s[1:] != shapes[0][1:] for s in shapes):
+        raise ValueError(f"weights= and where= need files of the same trailing shape, concatenated "
+                         f"along axis 0; got shapes {[tuple(s) for s in shapes]}")
+    shape = (sum(s[0] for s in shapes),) + tuple(shapes[0][1:])
+    kept = normalize_keep_axes(opts.axis, ndim)
+    check_reduction(shape, kept)
+    floating = any(is_floating(s.dtype) for s in sources)
+    opened: list = []
+    try:
+        wrows = _rows_of_side(opts.weights, "weights", shape, opened)
+        mrows = _rows_of_side(opts.where, "where", shape, opened)
+        if math.prod(shape) == 0:
+            whole = dataclasses.replace(opts, weights=None if wrows is None else wrows(0, shape[0]),
+                                        where=None if mrows is None else mrows(0, shape[0]))
+            return array_moments(np.zeros(shape, sources[0].dtype), whole)
+        readers = []
+        for src in sources:
+            read, close = _block_reader(src, _name(src))
+            opened.append(close)
+            readers.append(read)
+        row_bytes = math.prod(shape[1:]) * max(s.dtype.itemsize for s in sources)
+        block_rows = max(1, WEIGHTED_BLOCK_BYTES // max(1, row_bytes))
+        blocks = []  # (source index, r0, r1 in the source, global row of r0)
+        base = 0
+        for i, (src, shp) in enumerate(zip(sources, shapes)):
+            step = block_rows
+            if isinstance(src, ChunkedArray):
+                step = src.chunk_rows * max(1, block_rows // src.chunk_rows)
+            blocks.extend((i, a, min(shp[0], a + step), base + a) for a in range(0, shp[0], step))
+            base += shp[0]
+        sequential = any(isinstance(s, StreamedMember) or getattr(s, "sequential", False)
+                         for s in sources)
+        total_bytes = sum(math.prod(shp) * s.dtype.itemsize for s, shp in zip(sources, shapes))
+
+        def load(block):
+            i, r0, r1, g = block
+            arr = np.asarray(readers[i](r0, r1))
+            if arr.shape != (r1 - r0,) + shape[1:]:
+                raise ValueError(f"read rows {r0}:{r1} of {_name(sources[i])} with shape "
+                                 f"{arr.shape}, expected {(r1 - r0,) + shape[1:]}")
+            w = None if wrows is None else wrows(g, g + r1 - r0)
+            m = None if mrows is None else mrows(g, g + r1 - r0)
+            return arr, w, m
+
+        def run(omit: bool, report=None) -> State:
+            parts: List[State] = []
+            done = 0
+            workers = 1 if sequential else 2
+            pending: deque = deque()
+            with concurrent.futures.ThreadPoolExecutor(
+                    max_workers=workers, thread_name_prefix="fastmoments-read") as ex:
+                try:
+                    it = iter(blocks)
+                    for b in it:
+                        pending.append(ex.submit(load, b))
+                        if len(pending) > workers:
+                            break
+                    while pending:
+                        arr, w, m = pending.popleft().result()
+                        nxt = next(it, None)
+                        if nxt is not None:
+                            pending.append(ex.submit(load, nxt))
+                        part = reduce_ndarray(arr, kept, omit=omit, threads=opts.threads,
+                                              weights=weights_view(arr, w, m))
+                        if 0 in kept or not parts:
+                            parts.append(part)
+                        else:
+                            parts[0] = parts[0].merge(part)
+                        done += arr.nbytes
+                        if report is not None:
+                            report(done)
+                finally:
+                    for fut in pending:
+                        fut.cancel()
+            return State.concatenate(parts, axis=0) if 0 in kept else parts[0]
+
+        can_rerun = not any(isinstance(s, StreamedMember) for s in sources)
+        with progress_reporter(opts.progress, total_bytes, files=len(sources)) as report:
+            state = run(kernel_omits(opts.nan_policy, floating, can_rerun), report)
+        return finish(state, nan_policy=opts.nan_policy, floating=floating, expected=state.count,
+                      ddof=opts.ddof, rerun=run if can_rerun else None)
+    finally:
+        for close in opened:
+            close()
+
+
 # ---- compute -------------------------------------------------------------------------------------
 
 def compute(data: Any, opts: ComputeOptions) -> Moments:
@@ -627,7 +831,10 @@ def compute(data: Any, opts: ComputeOptions) -> Moments:
     skipped = SkippedFiles()
     sources = sources_of(data, opts, skipped)
     try:
-        result = _compute_sources(sources, opts, skipped)
+        if opts.weights is not None or opts.where is not None:
+            result = _compute_weighted(sources, opts)
+        else:
+            result = _compute_sources(sources, opts, skipped)
     finally:
         _close(sources)
     result.skipped = tuple(skipped)

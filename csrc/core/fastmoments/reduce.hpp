@@ -133,6 +133,31 @@ void run_tasks(int64_t ntasks, const std::vector<std::unique_ptr<Worker>>& worke
     (void)nt;
 }
 
+// The poll both drivers call between tasks (thread 0) and between waves: opt.poll with (values
+// done, values total), at most every opt.poll_seconds; a false answer (Ctrl-C, a raising
+// progress callback) sets `cancel`, which the task loop checks.
+class ThrottledPoll {
+public:
+    ThrottledPoll(const ReduceOptions& opt, const std::atomic<int64_t>& done, int64_t total,
+                  std::atomic<bool>& cancel)
+        : opt_(opt), done_(done), total_(total), cancel_(cancel), last_(std::chrono::steady_clock::now()) {}
+
+    void operator()() {
+        if (!opt_.poll || cancel_.load(std::memory_order_relaxed)) return;
+        const auto now = std::chrono::steady_clock::now();
+        if (std::chrono::duration<double>(now - last_).count() < opt_.poll_seconds) return;
+        last_ = now;
+        if (!opt_.poll(done_.load(std::memory_order_relaxed), total_)) cancel_.store(true);
+    }
+
+private:
+    const ReduceOptions& opt_;
+    const std::atomic<int64_t>& done_;
+    int64_t total_;
+    std::atomic<bool>& cancel_;
+    std::chrono::steady_clock::time_point last_;
+};
+
 template <class T, bool Omit>
 class Reducer {
 public:
@@ -252,16 +277,7 @@ private:
         const int threads = std::max(1, opt.threads);
         std::atomic<int64_t> done{0};
         std::atomic<bool> cancel{false};
-        auto last_poll = std::chrono::steady_clock::now();
-
-        // Called by thread 0 between tasks (and by the caller between waves).
-        auto poll = [&]() {
-            if (!opt.poll || cancel.load(std::memory_order_relaxed)) return;
-            const auto now = std::chrono::steady_clock::now();
-            if (std::chrono::duration<double>(now - last_poll).count() < opt.poll_seconds) return;
-            last_poll = now;
-            if (!opt.poll(done.load(std::memory_order_relaxed), total)) cancel.store(true);
-        };
+        ThrottledPoll poll(opt, done, total, cancel);
 
         // Every worker's buffers exist before the threads start (an out-of-memory is a bad_alloc
         // here, in the calling thread, not a std::terminate inside the parallel region).
