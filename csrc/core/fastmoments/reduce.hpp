@@ -46,13 +46,17 @@ inline namespace FM_ISA_NAMESPACE {
 // Run mode: values per chunk state (fixed: determinism). 32768 float32 values = 128 KiB: the
 // per-chunk totals and merge cost 0.87 -> 1.03 of a huge-page read loop against 8192 (AVX-512).
 constexpr int64_t kChunkValues = 32768;
-// ... but 8192 for float16/bfloat16: 0.59-0.66 of the read loop there against 0.31-0.34 at 32768
-// (two half-streams 32 KiB apart; not understood further).
-constexpr int64_t kHalfChunkValues = 8192;
+// ... and 65536 for float16/bfloat16, whose runs are prefetched in software (FloatRun): 0.60-0.67
+// of the read loop at 8192, 0.69-0.83 at 32768, 0.79-0.85 at 65536 (without the prefetch 32768
+// had measured 0.31-0.34).
+constexpr int64_t kHalfChunkValues = 65536;
 // Run mode, integers: exact sums give the same bits for any chunking; larger chunks cost fewer
 // per-chunk flushes (8 KiB uint8 chunks spent ~10% there). The SIMD run loops are exact up to 2^16.
 constexpr int64_t kIntegerChunkValues = 1 << 16;
 constexpr int64_t kLaneChunkValues = 1 << 16;  // lanes mode: values per chunk (lane states in L1)
+// ... but 4x more for float data, at most kLaneChunkValues rows: fewer chunk ends (first values,
+// lane states merged, streams restarted): (N, 256) float32 0.82 -> 0.87-0.90 of the read loop.
+constexpr int64_t kFloatLaneChunkValues = 1 << 18;
 constexpr int64_t kMaxIntegerChunkRows = 1 << 15;  // 8/16-bit lanes: int32 sums cannot overflow
 constexpr int64_t kTaskValues = 1 << 20;    // values per task (unit of thread scheduling)
 constexpr int64_t kWaveTasks = 256;         // tasks whose states are held before merging
@@ -173,7 +177,8 @@ public:
             grid_.count = cols.count() * grid_.lane_blocks;
             grid_.units = rows.count();
             grid_.values = grid_.units * grid_.width;
-            chunk_units_ = std::max<int64_t>(1, (kExact ? 4 : 1) * kLaneChunkValues / grid_.width);
+            chunk_units_ = std::max<int64_t>(1, kExact ? 4 * kLaneChunkValues / grid_.width
+                                                       : std::min(kLaneChunkValues, kFloatLaneChunkValues / grid_.width));
             if constexpr (kExact) chunk_units_ = std::min(chunk_units_, kMaxIntegerChunkRows);
             grid_.units_per_task = std::max<int64_t>(chunk_units_, (kTaskValues / grid_.width) / chunk_units_ * chunk_units_);
         } else {

@@ -29,6 +29,10 @@ struct V1 {  // one double: the portable variant, lane tails and strided data
     static V1 load(const char* p) {
         return {static_cast<double>(element_traits<T>::load(load_at<T>(p)))};
     }
+    template <class T>
+    static void load2(const char* p, V1* out) {  // two values (as V8::load2)
+        out[0] = load<T>(p), out[1] = load<T>(p + sizeof(T));
+    }
     static void drop_nan(V1& d, V1& count) {
         const bool keep = d.v == d.v;
         d.v = keep ? d.v : 0.0;
@@ -63,6 +67,19 @@ struct V8 {
             return {_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)))};
         }
     }
+    // 2 * kWidth consecutive values at p as two vectors; bfloat16 widened 16 values at a time
+    // (one zero-extension and one shift to float for both halves).
+    template <class T>
+    static void load2(const char* p, V8* out) {
+        if constexpr (std::is_same_v<T, bfloat16_bits>) {
+            const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+            const __m512 f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(w), 16));
+            out[0].v = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+            out[1].v = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+        } else {
+            out[0] = load<T>(p), out[1] = load<T>(p + kWidth * sizeof(T));
+        }
+    }
     // NaN lanes of d become 0 and the others add 1 to `count` (nan_policy='omit').
     static void drop_nan(V8& d, V8& count) {
         const __mmask8 keep = _mm512_cmp_pd_mask(d.v, d.v, _CMP_ORD_Q);
@@ -95,6 +112,17 @@ struct V4 {
             static_assert(std::is_same_v<T, bfloat16_bits>);
             const __m128i w = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
             return {_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(w, 16)))};
+        }
+    }
+    template <class T>
+    static void load2(const char* p, V4* out) {  // as V8::load2
+        if constexpr (std::is_same_v<T, bfloat16_bits>) {
+            const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+            const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16));
+            out[0].v = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
+            out[1].v = _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1));
+        } else {
+            out[0] = load<T>(p), out[1] = load<T>(p + kWidth * sizeof(T));
         }
     }
     static void drop_nan(V4& d, V4& count) {
