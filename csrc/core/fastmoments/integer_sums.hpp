@@ -240,12 +240,10 @@ struct IntegerLanes {
     }
 
 #if defined(FM_SIMD_AVX2)
-    // Allocated with the worker (never inside a parallel region). 8-bit: 96 ints (12 vectors) per
-    // 32 lanes. 16/32/64-bit (simd_int_lanes.hpp): at most 6 ints per lane of accumulators, then
-    // a padding row of up to 8 bytes per lane.
-    static constexpr size_t kScratchPerLane = sizeof(T) == 1 ? 3 : 6;
-    std::vector<int32_t> scratch =
-        std::vector<int32_t>(Contig ? kScratchPerLane * s1.size() + 96 + (sizeof(T) == 1 ? 0 : 2 * s1.size()) : 0);
+    // Allocated with the worker (never inside a parallel region): for simd_int_lanes.hpp at most 6
+    // ints per lane of accumulators, then a padding row of up to 8 bytes per lane.
+    static constexpr size_t kScratchPerLane = 6;
+    std::vector<int32_t> scratch = std::vector<int32_t>(Contig ? kScratchPerLane * s1.size() + 96 + 2 * s1.size() : 0);
     int32_t* simd_scratch() { return scratch.data(); }
     char* simd_pad() { return reinterpret_cast<char*>(scratch.data() + kScratchPerLane * s1.size() + 96); }
 #endif
@@ -272,7 +270,7 @@ struct IntegerLanes {
         int64_t first = 0;  // lanes below this were done by a SIMD loop
 #if defined(FM_SIMD_AVX2)
         if constexpr (Contig && sizeof(T) == 1)
-            first = simd8::lanes8<std::is_signed_v<T>>(rows, nrows, lanes, a1, a2, simd_scratch());
+            first = simd_lanes::lanes8<T>(rows, nrows, lanes, simd_scratch(), simd_pad(), acc);
 #endif
         if (first == lanes) {
             flush(nrows, lanes, acc);

@@ -43,6 +43,11 @@ template <int S> inline vec srai32(vec a) { return _mm512_srai_epi32(a, S); }
 template <int S> inline vec srli64(vec a) { return _mm512_srli_epi64(a, S); }
 inline vec mul_i32(vec a, vec b) { return _mm512_mul_epi32(a, b); }
 inline vec mul_u32(vec a, vec b) { return _mm512_mul_epu32(a, b); }
+// 32 bytes widened to 16-bit words.
+template <bool Signed> inline vec widen8(const void* p) {
+    const __m256i v = _mm256_loadu_si256(static_cast<const __m256i*>(p));
+    return Signed ? _mm512_cvtepi8_epi16(v) : _mm512_cvtepu8_epi16(v);
+}
 #else
 using vec = __m256i;
 constexpr int64_t kVecBytes = 32;
@@ -65,6 +70,10 @@ template <int S> inline vec srai32(vec a) { return _mm256_srai_epi32(a, S); }
 template <int S> inline vec srli64(vec a) { return _mm256_srli_epi64(a, S); }
 inline vec mul_i32(vec a, vec b) { return _mm256_mul_epi32(a, b); }
 inline vec mul_u32(vec a, vec b) { return _mm256_mul_epu32(a, b); }
+template <bool Signed> inline vec widen8(const void* p) {
+    const __m128i v = _mm_loadu_si128(static_cast<const __m128i*>(p));
+    return Signed ? _mm256_cvtepi8_epi16(v) : _mm256_cvtepu8_epi16(v);
+}
 #endif
 constexpr int64_t kWords = kVecBytes / 4;  // 32-bit words per vector
 
@@ -88,6 +97,51 @@ inline void for_passes(const char* const* rows, int64_t nrows, const char* pad, 
 }
 
 inline int32_t* words(int32_t* scratch, int64_t k) { return scratch + kWords * k; }
+
+// ---- 8-bit -------------------------------------------------------------------------------------
+// As lanes16 on the bytes widened to words (no bias: they fit int16): a pair's a^2 + b^2 is at
+// most 2 * 255^2 = 130050, so over a chunk (<= 2^15 + 8 padded rows: <= 2^14 + 4 pairs) the square
+// sums stay below 130050 * 16388 < 2^31 and the value sums below 2^23: one int32 slot each.
+// Scratch per vector of lanes: 4 vectors (value and square sums of the low and high unpack).
+template <class T, class Acc>
+inline int64_t lanes8(const char* const* rows, int64_t nrows, int64_t lanes, int32_t* scratch,
+                      char* pad, Acc* acc) {
+    static_assert(sizeof(T) == 1);
+    constexpr bool Signed = std::is_signed_v<T>;
+    constexpr int64_t per = kVecBytes / 2;  // lanes per vector of words
+    const int64_t blocks = lanes / per;
+    if (blocks == 0) return 0;
+    std::memset(pad, 0, static_cast<size_t>(blocks * per));
+    for (int64_t i = 0; i < 4 * kWords * blocks; ++i) scratch[i] = 0;
+    const vec ones = set16(1);
+    for_passes(rows, nrows, pad, [&](const char* const* p) {
+        for (int64_t b = 0; b < blocks; ++b) {
+            vec s[2] = {vzero(), vzero()}, q[2] = {vzero(), vzero()};
+            for (int j = 0; j < kPassRows; j += 2) {
+                const vec r0 = widen8<Signed>(p[j] + per * b), r1 = widen8<Signed>(p[j + 1] + per * b);
+                const vec w[2] = {unpacklo16(r0, r1), unpackhi16(r0, r1)};
+                for (int k = 0; k < 2; ++k) {
+                    s[k] = add32(s[k], madd16(w[k], ones));
+                    q[k] = add32(q[k], madd16(w[k], w[k]));
+                }
+            }
+            int32_t* a = words(scratch, 4 * b);
+            for (int k = 0; k < 2; ++k) {
+                vstore(a + kWords * (0 + k), add32(vload(a + kWords * (0 + k)), s[k]));
+                vstore(a + kWords * (2 + k), add32(vload(a + kWords * (2 + k)), q[k]));
+            }
+        }
+    });
+    for (int64_t b = 0; b < blocks; ++b)  // lane order as in lanes16
+        for (int k = 0; k < 2; ++k)
+            for (int64_t e = 0; e < kWords; ++e) {
+                const int32_t* a = words(scratch, 4 * b);
+                const int64_t l = per * b + 8 * (e / 4) + 4 * k + e % 4;
+                acc[l].s1 += a[kWords * k + e];
+                acc[l].s2.add(static_cast<u128>(static_cast<uint32_t>(a[kWords * (2 + k) + e])));
+            }
+    return blocks * per;
+}
 
 // ---- 16-bit ------------------------------------------------------------------------------------
 // Two rows interleaved word by word hold (a[l], b[l]) pairs in 32-bit slots: pmaddwd of such a
