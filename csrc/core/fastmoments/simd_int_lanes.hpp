@@ -209,7 +209,7 @@ inline int64_t lanes16(const char* const* rows, int64_t nrows, int64_t lanes, in
                     acc[l].s2.add(static_cast<u128>(qy));
                 } else {  // x = y + 2^15: sum x^2 = sum y^2 + 2^16 sum y + 2^30 n (>= 0, < 2^63)
                     acc[l].s1 += sy + (int64_t(1) << 15) * nrows;
-                    acc[l].s2.add(static_cast<u128>(qy + (sy << 16) + (int64_t(1) << 30) * nrows));
+                    acc[l].s2.add(static_cast<u128>(qy + sy * 65536 + (int64_t(1) << 30) * nrows));
                 }
             }
     return blocks * per;
