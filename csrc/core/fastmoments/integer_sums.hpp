@@ -3,6 +3,7 @@
 // (a row of values updates one sum per lane) and the run kernel (a run updates one sum) for
 // every integer type, with hand-written SIMD loops where the portable code cannot keep up.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -12,6 +13,7 @@
 #include "state.hpp"
 #include "wide_int.hpp"
 #if defined(FM_SIMD_AVX2)
+#include "simd_int_lanes.hpp"
 #include "simd_x86.hpp"
 #endif
 
@@ -136,27 +138,51 @@ struct IntegerLanes {
             }
             small_rows = 0;
         };
+        int64_t first = 0;  // lanes below this are done by the SIMD loop (or the wide fallback)
+#if defined(FM_SIMD_AVX2)
+        if constexpr (Contig) {
+            const int64_t blocks = lanes / (simd_lanes::kVecBytes / 8);
+            first = blocks * (simd_lanes::kVecBytes / 8);
+            for (int64_t r0 = 0; first > 0 && r0 < nrows; r0 += kSmallRows) {
+                const int64_t n = std::min(kSmallRows, nrows - r0);
+                if (!simd_lanes::lanes64_small<T>(rows + r0, n, blocks, simd_scratch(), simd_pad(), acc))
+                    rows64(rows + r0, n, 0, first, ls, small_rows, flush_small);
+            }
+        }
+#endif
+        rows64(rows, nrows, first, lanes, ls, small_rows, flush_small);
+        flush_small();
+        flush(nrows, lanes, acc);
+    }
+
+    // Rows [0, nrows) of lanes [l0, l1) into a1/a2 (large values) or b1/b2 (small rows).
+    template <class Flush>
+    void rows64(const char* const* rows, int64_t nrows, int64_t l0, int64_t l1, int64_t ls,
+                int64_t& small_rows, Flush& flush_small) {
+        if (l0 >= l1) return;
+        S1* __restrict a1 = s1.data();
+        S2* __restrict a2 = s2.data();
+        int64_t* __restrict b1 = t1.data();
+        int64_t* __restrict b2 = t2.data();
         for (int64_t r = 0; r < nrows; ++r) {
             const char* p = rows[r];
             uint64_t misfit = 0;
-            for (int64_t l = 0; l < lanes; ++l) misfit |= small_misfit(raw(p, l, ls));
+            for (int64_t l = l0; l < l1; ++l) misfit |= small_misfit(raw(p, l, ls));
             if (misfit == 0) {
-                for (int64_t l = 0; l < lanes; ++l) {
+                for (int64_t l = l0; l < l1; ++l) {
                     const int64_t v = static_cast<int32_t>(raw(p, l, ls));  // |v| < 2^25
                     b1[l] += v;
                     b2[l] += v * v;
                 }
                 if (++small_rows == kSmallRows) flush_small();
             } else {
-                for (int64_t l = 0; l < lanes; ++l) {
+                for (int64_t l = l0; l < l1; ++l) {
                     const S1 v = static_cast<S1>(raw(p, l, ls));
                     a1[l] += v;
                     add_squares(a2[l], v, S1(0));
                 }
             }
         }
-        flush_small();
-        flush(nrows, lanes, acc);
     }
 
     // 16- and 32-bit data: x^2 (< 2^32 or 2^64, exact in the unsigned type Sq of twice the width)
@@ -174,6 +200,13 @@ struct IntegerLanes {
         Sq* __restrict lo = sq_lo.data();
         constexpr Sq mask = (Sq(1) << kHalf) - 1;
         for (int64_t l = 0; l < lanes; ++l) a1[l] = 0, h[l] = lo[l] = 0;
+        int64_t first = 0;  // lanes below this were done by a SIMD loop
+#if defined(FM_SIMD_AVX2)
+        if constexpr (Contig && sizeof(T) == 2)
+            first = simd_lanes::lanes16<T>(rows, nrows, lanes, simd_scratch(), simd_pad(), acc);
+        else if constexpr (Contig)
+            first = simd_lanes::lanes32<T>(rows, nrows, lanes, simd_scratch(), simd_pad(), acc);
+#endif
         auto sq = [](S1 v) { return static_cast<Sq>(v) * static_cast<Sq>(v); };  // v^2 mod 2^(2k) = v^2
         // Rows r, r + q, r + 2q, r + 3q side by side: four in-order streams, as in FloatLanes.
         const int64_t q = nrows / 4;
@@ -182,7 +215,7 @@ struct IntegerLanes {
             const char* p1 = rows[r + q];
             const char* p2 = rows[r + 2 * q];
             const char* p3 = rows[r + 3 * q];
-            for (int64_t l = 0; l < lanes; ++l) {
+            for (int64_t l = first; l < lanes; ++l) {
                 const S1 v0 = value(p0, l, ls), v1 = value(p1, l, ls);
                 const S1 v2 = value(p2, l, ls), v3 = value(p3, l, ls);
                 const Sq q0 = sq(v0), q1 = sq(v1), q2 = sq(v2), q3 = sq(v3);
@@ -192,7 +225,7 @@ struct IntegerLanes {
             }
         }
         for (int64_t r = 4 * q; r < nrows; ++r)
-            for (int64_t l = 0; l < lanes; ++l) {
+            for (int64_t l = first; l < lanes; ++l) {
                 const S1 v = value(rows[r], l, ls);
                 const Sq q0 = sq(v);
                 a1[l] += v;
@@ -207,9 +240,12 @@ struct IntegerLanes {
     }
 
 #if defined(FM_SIMD_AVX2)
-    // 96 ints (12 vectors) per 32 lanes, allocated with the worker (never inside a parallel region).
-    std::vector<int32_t> scratch = std::vector<int32_t>(sizeof(T) == 1 && Contig ? 3 * s1.size() + 96 : 0);
+    // Allocated with the worker (never inside a parallel region): for simd_int_lanes.hpp at most 6
+    // ints per lane of accumulators, then a padding row of up to 8 bytes per lane.
+    static constexpr size_t kScratchPerLane = 6;
+    std::vector<int32_t> scratch = std::vector<int32_t>(Contig ? kScratchPerLane * s1.size() + 96 + 2 * s1.size() : 0);
     int32_t* simd_scratch() { return scratch.data(); }
+    char* simd_pad() { return reinterpret_cast<char*>(scratch.data() + kScratchPerLane * s1.size() + 96); }
 #endif
 
     static S1 value(const char* row, int64_t l, int64_t ls) {
@@ -234,7 +270,7 @@ struct IntegerLanes {
         int64_t first = 0;  // lanes below this were done by a SIMD loop
 #if defined(FM_SIMD_AVX2)
         if constexpr (Contig && sizeof(T) == 1)
-            first = simd8::lanes8<std::is_signed_v<T>>(rows, nrows, lanes, a1, a2, simd_scratch());
+            first = simd_lanes::lanes8<T>(rows, nrows, lanes, simd_scratch(), simd_pad(), acc);
 #endif
         if (first == lanes) {
             flush(nrows, lanes, acc);

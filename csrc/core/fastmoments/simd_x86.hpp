@@ -1,6 +1,7 @@
-// Hand-written x86 loops where the compiler's own vectorisation cannot keep up with memory: 8-bit
-// integers (bool, uint8, int8: exact int32 sums of x and x^2 with pmaddwd) and runs of 16/32-bit
-// integers. Compiled into the AVX2 and AVX-512 variants (AVX-512 forms where they exist).
+// Hand-written x86 loops where the compiler's own vectorisation cannot keep up with memory: runs
+// of 8-bit integers (bool, uint8, int8: exact sums of x and x^2 with psadbw/pmaddwd) and of
+// 16/32-bit integers (lanes mode: simd_int_lanes.hpp). Compiled into the AVX2 and AVX-512
+// variants (AVX-512 forms where they exist).
 #pragma once
 #include <immintrin.h>
 
@@ -26,97 +27,6 @@ inline void for_halves(const char* p, int64_t n, int64_t V, Step&& step) {
 }
 
 namespace simd8 {
-
-// 16-bit words of the bytes in `v` (low or high 8 bytes of each 128-bit half), zero- or
-// sign-extended.
-template <bool Signed>
-inline __m256i widen_lo(__m256i v) {
-    const __m256i ext = Signed ? _mm256_cmpgt_epi8(_mm256_setzero_si256(), v) : _mm256_setzero_si256();
-    return _mm256_unpacklo_epi8(v, ext);
-}
-template <bool Signed>
-inline __m256i widen_hi(__m256i v) {
-    const __m256i ext = Signed ? _mm256_cmpgt_epi8(_mm256_setzero_si256(), v) : _mm256_setzero_si256();
-    return _mm256_unpackhi_epi8(v, ext);
-}
-
-// Lanes mode, rows of >= 32 contiguous 8-bit values. For lanes [0, 32*floor(lanes/32)) adds the
-// per-lane sum over `nrows` rows to s1 and the sum of squares to s2. nrows <= 32768 keeps the
-// int32 sums exact (32768 * 255^2 < 2^31). Returns the number of lanes done.
-//
-// Two rows interleaved byte by byte and widened to 16 bits hold (r0[l], r1[l]) pairs: pmaddwd of
-// such a vector with itself is r0[l]^2 + r1[l]^2 per lane in 32 bits. Sums of values stay in
-// 16-bit words for up to 128 rows (128/2 * 255 < 2^15) and are widened once per group, so the
-// one pmaddwd port does ~1 instruction per 16 bytes. Rows stream in order; lane sums live in
-// `scratch` (96 ints per 32 lanes, L1-resident), read and written unaligned (plain int storage).
-template <bool Signed>
-inline int64_t lanes8(const char* const* rows, int64_t nrows, int64_t lanes, int32_t* s1, int32_t* s2,
-                      int32_t* scratch) {
-    const int64_t done = lanes & ~int64_t(31);
-    const int64_t blocks = done / 32;
-    const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i zero = _mm256_setzero_si256();
-    for (int64_t i = 0; i < 96 * blocks; ++i) scratch[i] = 0;
-    auto vec = [&](int64_t i) { return reinterpret_cast<__m256i*>(scratch + 8 * i); };
-    auto load = [](const __m256i* p) { return _mm256_loadu_si256(p); };
-    // Vectors per block: 0-3 16-bit value sums, 4-7 int32 square sums, 8-11 int32 value sums.
-    auto pairs = [&](__m256i r0, __m256i r1, __m256i* w) {
-        const __m256i lo = _mm256_unpacklo_epi8(r0, r1), hi = _mm256_unpackhi_epi8(r0, r1);
-        w[0] = widen_lo<Signed>(lo), w[1] = widen_hi<Signed>(lo);
-        w[2] = widen_lo<Signed>(hi), w[3] = widen_hi<Signed>(hi);
-    };
-    auto row = [&](const char* p, int64_t b) {
-        return p ? load(reinterpret_cast<const __m256i*>(p + 32 * b)) : zero;
-    };
-    // Row r is paired with row r + half: two long in-order streams (neighbouring rows read side
-    // by side measured slower). Value sums are widened every 128 pairs.
-    const int64_t half = (nrows + 1) / 2;
-    for (int64_t g0 = 0; g0 < half; g0 += 128) {
-        const int64_t g1 = std::min(half, g0 + 128);
-        for (int64_t r = g0; r < g1; r += 4) {
-            // Four pairs (r + j, r + j + half) per pass: a quarter of the accumulator traffic.
-            const char* pa[4];
-            const char* pb[4];
-            for (int j = 0; j < 4; ++j) {
-                pa[j] = r + j < g1 ? rows[r + j] : nullptr;
-                pb[j] = r + j < g1 && r + j + half < nrows ? rows[r + j + half] : nullptr;
-            }
-            for (int64_t b = 0; b < blocks; ++b) {
-                __m256i w0[4], w1[4], w2[4], w3[4];
-                pairs(row(pa[0], b), row(pb[0], b), w0);
-                pairs(row(pa[1], b), row(pb[1], b), w1);
-                pairs(row(pa[2], b), row(pb[2], b), w2);
-                pairs(row(pa[3], b), row(pb[3], b), w3);
-                __m256i* a = vec(12 * b);
-                for (int k = 0; k < 4; ++k) {
-                    const __m256i v = _mm256_add_epi16(_mm256_add_epi16(w0[k], w1[k]), _mm256_add_epi16(w2[k], w3[k]));
-                    _mm256_storeu_si256(a + k, _mm256_add_epi16(load(a + k), v));
-                    const __m256i sq = _mm256_add_epi32(
-                        _mm256_add_epi32(_mm256_madd_epi16(w0[k], w0[k]), _mm256_madd_epi16(w1[k], w1[k])),
-                        _mm256_add_epi32(_mm256_madd_epi16(w2[k], w2[k]), _mm256_madd_epi16(w3[k], w3[k])));
-                    _mm256_storeu_si256(a + 4 + k, _mm256_add_epi32(load(a + 4 + k), sq));
-                }
-            }
-        }
-        for (int64_t b = 0; b < blocks; ++b) {
-            __m256i* a = vec(12 * b);
-            for (int k = 0; k < 4; ++k) {
-                _mm256_storeu_si256(a + 8 + k, _mm256_add_epi32(load(a + 8 + k), _mm256_madd_epi16(load(a + k), ones)));
-                _mm256_storeu_si256(a + k, zero);
-            }
-        }
-    }
-    // Element e of vector k of a block holds lane 16*(e/4) + 4*k + e%4 (unpack works per 128-bit half).
-    alignas(32) int32_t t[8];
-    for (int64_t b = 0; b < blocks; ++b)
-        for (int k = 0; k < 4; ++k)
-            for (int which = 0; which < 2; ++which) {
-                _mm256_store_si256(reinterpret_cast<__m256i*>(t), load(vec(12 * b + (which ? 4 : 8) + k)));
-                int32_t* out = which ? s2 : s1;
-                for (int e = 0; e < 8; ++e) out[32 * b + 16 * (e / 4) + 4 * k + e % 4] += t[e];
-            }
-    return done;
-}
 
 // Run mode, contiguous 8-bit values: sums of x and x^2 over p[0, n - n % 32); n <= 2^20 keeps the
 // int32 square sums exact. Returns the number of values done.
