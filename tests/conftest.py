@@ -86,6 +86,21 @@ def set_isa(monkeypatch) -> Callable[[str], bool]:
     return set_
 
 
+@pytest.fixture(params=["op", pytest.param("fallback", marks=pytest.mark.filterwarnings(
+    "ignore::fastmoments.tf.OpFallbackWarning"))])
+def tf_route(request):
+    """Runs a test on the compiled TensorFlow op and on the forced ``tf.numpy_function``
+    fallback (the op's run is skipped, with the reason, when its library is not loaded)."""
+    fm_tf = pytest.importorskip("fastmoments.tf")
+    fm_tf._set_fallback(request.param == "fallback")
+    try:
+        if request.param == "op" and not fm_tf.op_info()["loaded"]:
+            pytest.skip(f"TensorFlow op not loaded: {fm_tf.op_info()['reason']}")
+        yield request.param
+    finally:
+        fm_tf._set_fallback(None)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240601)

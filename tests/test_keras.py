@@ -23,18 +23,6 @@ from reference import reference as shared_reference  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::fastmoments.tf.OpFallbackWarning")
 
 
-@pytest.fixture(params=["op", "fallback"])
-def tf_route(request):
-    fm_tf = pytest.importorskip("fastmoments.tf")
-    fm_tf._set_fallback(request.param == "fallback")
-    try:
-        if request.param == "op" and not fm_tf.op_info()["loaded"]:
-            pytest.skip(f"TensorFlow op not loaded: {fm_tf.op_info()['reason']}")
-        yield request.param
-    finally:
-        fm_tf._set_fallback(None)
-
-
 # -- reference ---------------------------------------------------------------------------------
 def reference(x, keep, nan=False):
     """Population mean and variance over the axes not in ``keep`` (the shared reference)."""

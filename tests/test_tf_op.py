@@ -19,7 +19,6 @@ from reference import assert_matches as shared_assert_matches, kept_axes, refere
 
 pytestmark = pytest.mark.tf
 
-FALLBACK_OK = pytest.mark.filterwarnings("ignore::fastmoments.tf.OpFallbackWarning")
 
 DTYPES = ["uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
           "float16", "bfloat16", "float32", "float64", "bool"]
@@ -50,18 +49,10 @@ def sample(dtype, shape, rng):
     return rng.integers(lo, hi, shape, endpoint=True).astype(dt)
 
 
-@pytest.fixture(params=["op", pytest.param("fallback", marks=FALLBACK_OK)])
-def path(request):
-    """Runs a test on the compiled op and on the forced tf.numpy_function fallback."""
-    if request.param == "op":
-        fmtf._set_fallback(False)
-        if not fmtf.op_info()["loaded"]:
-            fmtf._set_fallback(None)
-            pytest.skip(f"op not loaded: {fmtf.op_info()['reason']}")
-    else:
-        fmtf._set_fallback(True)
-    yield request.param
-    fmtf._set_fallback(None)
+@pytest.fixture
+def path(tf_route):
+    """The op and the fallback (conftest's ``tf_route``)."""
+    return tf_route
 
 
 def run(mode, fn, *args):

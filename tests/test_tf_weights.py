@@ -14,21 +14,11 @@ from reference import exact_reference, exact_weighted_reference  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
-FALLBACK_OK = pytest.mark.filterwarnings("ignore::fastmoments.tf.OpFallbackWarning")
 
-
-@pytest.fixture(params=["op", pytest.param("fallback", marks=FALLBACK_OK)])
-def path(request):
-    """Runs a test on the compiled op and on the forced tf.numpy_function fallback."""
-    if request.param == "op":
-        fmtf._set_fallback(False)
-        if not fmtf.op_info()["loaded"]:
-            fmtf._set_fallback(None)
-            pytest.skip(f"op not loaded: {fmtf.op_info()['reason']}")
-    else:
-        fmtf._set_fallback(True)
-    yield request.param
-    fmtf._set_fallback(None)
+@pytest.fixture
+def path(tf_route):
+    """The op and the fallback (conftest's ``tf_route``)."""
+    return tf_route
 
 
 def run(mode, fn, *args):

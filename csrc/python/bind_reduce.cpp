@@ -4,12 +4,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
 #include <vector>
 
+#include <fastmoments/read_loop.hpp>
 #include <fastmoments/state.hpp>
 
 #include "common.hpp"
@@ -80,28 +82,13 @@ uint64_t read_bandwidth(py::buffer buf, int threads) {
     uint64_t total = 0;
     {
         py::gil_scoped_release release;  // reads only
-        const int64_t block = 1 << 16;
-        const int64_t nblocks = (words + block - 1) / block;
+        const int64_t nblocks = (words + fastmoments::kReadBlockWords - 1) / fastmoments::kReadBlockWords;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) reduction(+ : total) num_threads(threads)
 #endif
-        for (int64_t b = 0; b < nblocks; ++b) {
-            uint64_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            const int64_t w1 = std::min(words, (b + 1) * block);
-            int64_t w = b * block;
-            for (; w + 8 <= w1; w += 8)
-                for (int k = 0; k < 8; ++k) {
-                    uint64_t v;
-                    std::memcpy(&v, p + 8 * (w + k), 8);
-                    lane[k] += v;
-                }
-            for (; w < w1; ++w) {
-                uint64_t v;
-                std::memcpy(&v, p + 8 * w, 8);
-                lane[0] += v;
-            }
-            for (int k = 0; k < 8; ++k) total += lane[k];
-        }
+        for (int64_t b = 0; b < nblocks; ++b)
+            total += fastmoments::read_block(p, b * fastmoments::kReadBlockWords,
+                                            std::min(words, (b + 1) * fastmoments::kReadBlockWords));
     }
     (void)threads;
     return total;
