@@ -61,6 +61,12 @@ def cases(gib, rng, want):
             return x, {"where": rng.random(x.shape, dtype=np.float32) < 0.8}
         return make
 
+    def feature_mask(dtype, width):
+        def make():
+            x = _floats(nb // np.dtype(dtype).itemsize, rng, dtype).reshape(-1, width)
+            return x, {"where": rng.random((1, width), dtype=np.float32) < 0.8}  # per feature
+        return make
+
     table = [
         ("float32 (N,256) axis=-1, per-row weights", 0.75, rows(np.float32, 256), -1),
         ("float64 (N,256) axis=-1, per-row weights", 0.75, rows(np.float64, 256), -1),
@@ -69,6 +75,7 @@ def cases(gib, rng, want):
         ("float32 (N,256) axis=None, f32 weights per value", 0.60, elementwise(np.float32, 256), None),
         ("float32 (N,256) axis=-1, where= mask", 0.60, mask(np.float32, 256), -1),
         ("float32 (N,256) axis=None, where= mask", 0.60, mask(np.float32, 256), None),
+        ("float32 (N,256) axis=-1, where= (1,256) per feature", 0.60, feature_mask(np.float32, 256), -1),
     ]
     for row in table:
         if not want or any(w in row[0] for w in want):
@@ -83,6 +90,8 @@ def reference(x, axis, kw):
     w = kw.get("weights")
     if w is None:
         w = kw["where"]
+    if w.ndim == x.ndim:
+        w = np.broadcast_to(w, x.shape)  # per-feature weights or masks: rows sliced below
 
     def blocks():
         for i in range(0, x.shape[0], step):

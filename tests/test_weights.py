@@ -232,6 +232,37 @@ def test_fully_masked_feature_is_nan_with_the_empty_warning():
         fastmoments.compute(y, axis=-1, nan_policy="omit").variance
 
 
+@pytest.mark.parametrize("form", ["mask", "weights"])
+def test_masked_fill_values_and_masked_features_keep_exact_results(form):
+    # A lane's chunks take their shift from its first values of positive weight: masked fill
+    # values far from the data (1e30 in the first 40 rows of every lane, beyond the rows probed
+    # for a shift) and features masked everywhere must neither spoil the variance nor cost a scan.
+    rng = np.random.default_rng(12)
+    x = 1e9 + rng.standard_normal((2000, 40))
+    keep = np.ones(x.shape, bool)
+    x[:40] = 1e30
+    keep[:40] = False
+    keep[:, 7] = False  # a feature masked everywhere
+    keep[rng.random(x.shape) < 0.3] = False
+    kw = {"where": keep} if form == "mask" else {"weights": keep * 10.0 ** rng.uniform(-3, 3, x.shape)}
+    w = keep if form == "mask" else kw["weights"]
+    with pytest.warns(RuntimeWarning, match="Degrees of freedom"):
+        r = fastmoments.compute(x, axis=-1, **kw)
+        assert np.isnan(r.variance[7])
+    live = np.arange(40) != 7
+    ref = exact_weighted_reference(x[:, live], w[:, live].astype(np.float64), -1)
+    assert rel(r.mean[live], ref.mean) <= 1e-15
+    assert rel(r.m2[live], ref.m2) <= 1e-12
+    per_feature = np.ones((1, 40), bool)
+    per_feature[0, 7] = False
+    y = x[40:]
+    with pytest.warns(RuntimeWarning, match="Degrees of freedom"):
+        r = fastmoments.compute(y, axis=-1, where=per_feature)
+        assert np.isnan(r.variance[7])
+    ref = exact_weighted_reference(y[:, live], np.ones_like(y[:, live]), -1)
+    assert rel(r.m2[live], ref.m2) <= 1e-12
+
+
 # ---- determinism: threads and ISA variants --------------------------------------------------------
 
 @pytest.mark.parametrize("layout", ["rows", "elementwise_f32", "mask", "axis_none", "keep_axis0_rows"])
