@@ -24,6 +24,7 @@
 #include "dtypes.hpp"
 #include "float_chunks.hpp"
 #include "integer_sums.hpp"
+#include "float_env.hpp"
 #include "layout.hpp"
 #include "state.hpp"
 
@@ -120,6 +121,7 @@ void run_tasks(int64_t ntasks, const std::vector<std::unique_ptr<Worker>>& worke
 #pragma omp parallel num_threads(nt)
 #endif
     {
+        const ExactFloatScope exact;  // every thread that runs kernel code (see float_env.hpp)
 #if defined(_OPENMP)
         Worker& w = *workers[static_cast<size_t>(omp_get_thread_num())];
         const bool poller = omp_get_thread_num() == 0;
@@ -606,6 +608,7 @@ private:
 inline Status reduce(const void* data, DType dtype, int ndim, const int64_t* shape,
                      const int64_t* strides, const bool* keep, MomentState* out,
                      const ReduceOptions& opt) {
+    const ExactFloatScope exact;  // the calling thread too (shift searches, merges)
     const Plan plan = make_plan(ndim, shape, strides, keep);
     return visit_dtype(dtype, [&](auto tag) -> Status {
         using T = decltype(tag);

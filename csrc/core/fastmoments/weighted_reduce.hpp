@@ -342,6 +342,7 @@ private:
 inline Status reduce_weighted(const void* data, DType dtype, int ndim, const int64_t* shape, const int64_t* strides,
                               const void* weights, WeightType wtype, const int64_t* wstrides, const bool* keep,
                               WeightedState* out, bool* bad_weights, const ReduceOptions& opt) {
+    const ExactFloatScope exact;  // the calling thread too (see float_env.hpp)
     const PairPlan plan = make_pair_plan(ndim, shape, strides, wstrides, keep);
     const char* w = static_cast<const char*>(weights);
     *bad_weights = false;
