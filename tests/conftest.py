@@ -102,6 +102,19 @@ def tf_route(request):
 
 
 @pytest.fixture
+def sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt during the test, whatever the process was started with (a
+    shell starts background jobs with SIGINT ignored, and Python then keeps it ignored)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(20240601)
 

@@ -409,7 +409,7 @@ def test_gzip_members_and_checksums(tmp_path, monkeypatch, inflater):
     assert fastmoments.compute(good, axis=(1, 2)) == want
 
 
-def test_ctrl_c_stops_within_a_second(tmp_path, monkeypatch):
+def test_ctrl_c_stops_within_a_second(tmp_path, monkeypatch, sigint_raises):
     import signal
     import threading
     import time

@@ -510,7 +510,7 @@ def _task_count():
     return len(os.listdir("/proc/self/task"))
 
 
-def test_ctrl_c_raises_and_leaves_no_threads(tmp_path, monkeypatch, reader_mode):
+def test_ctrl_c_raises_and_leaves_no_threads(tmp_path, monkeypatch, reader_mode, sigint_raises):
     monkeypatch.setattr(_stream, "BLOCK_BYTES", 1 << 16)
     monkeypatch.setattr(_stream, "READ_DELAY", 0.05)
     monkeypatch.setattr(_stream, "POLL_SECONDS", 0.01)
