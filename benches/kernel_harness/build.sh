@@ -6,5 +6,5 @@ case $isa in
  avx2) T=(-DFM_ISA_TARGET="\"avx2,fma,f16c\"" -DFM_ISA_AVX2);;
  baseline) T=();;
 esac
-g++ -O3 -std=c++17 -I$src/csrc/core -c $here/readloop.cpp -o $here/readloop.o
-g++ -O3 -std=c++17 $EXTRA -ffp-contract=off -fopenmp -DFM_ISA_NAMESPACE=$isa -DISA_NAME="\"$isa\"" "${T[@]}" -I$src/csrc/core $here/harness.cpp $here/readloop.o -o $out
+g++ -O3 -std=c++17 -I$src/csrc/core -c $here/readloop.cpp -o $out.readloop.o
+g++ -O3 -std=c++17 $EXTRA -ffp-contract=off -fopenmp -DFM_ISA_NAMESPACE=$isa -DISA_NAME="\"$isa\"" "${T[@]}" -I$src/csrc/core $here/harness.cpp $out.readloop.o -o $out
