@@ -69,6 +69,14 @@ inline void prefetch(const char* p) {
 #endif
 }
 
+// Rows ahead that a row stream's software prefetch reads: ~2 KiB of the stream (1 KiB and 4 KiB
+// ahead measured within 5% of it), at least one row. Shared by the lanes kernels (FloatLanes,
+// RowWeightedLanes).
+inline int64_t prefetch_rows(int64_t row_bytes) {
+    row_bytes = std::max<int64_t>(1, row_bytes);
+    return std::min<int64_t>(64, (kPrefetchBytes + row_bytes - 1) / row_bytes);
+}
+
 template <class T, bool Omit, bool Contig>
 struct FloatLanes {
     using W = typename element_traits<T>::work;
@@ -130,13 +138,6 @@ struct FloatLanes {
         if (done < lanes) sums_of<simd::V1>(rows, nrows, done, lanes, Contig ? int64_t(sizeof(T)) : ls);
     }
 
-    // Rows ahead that a stream's software prefetch reads: ~2 KiB of the stream (1 KiB and 4 KiB
-    // ahead measured within 5% of it), at least one row.
-    static int64_t prefetch_rows(int64_t lanes) {
-        const int64_t row_bytes = std::max<int64_t>(1, lanes * static_cast<int64_t>(sizeof(T)));
-        return std::min<int64_t>(64, (kPrefetchBytes + row_bytes - 1) / row_bytes);
-    }
-
     // Lanes [l0, l1) in steps of V::kWidth; `step` is the byte distance between lanes.
     template <class V>
     void sums_of(const char* const* rows, int64_t nrows, int64_t l0, int64_t l1, int64_t step) {
@@ -158,7 +159,7 @@ struct FloatLanes {
             // also prefetched in software ~2 KiB ahead, once per cache line: on the Intel Xeon
             // VM (AVX-512) float32 (N, 256) went from 0.82 to 0.96-1.07 of the read loop.
             const int64_t q = nrows / 4;
-            const int64_t ahead = prefetch_rows(l1 - l0);
+            const int64_t ahead = prefetch_rows((l1 - l0) * static_cast<int64_t>(sizeof(T)));
             auto ahead_of = [&](int64_t i) { return rows[std::min(i + ahead, nrows - 1)]; };
             for (; r < q; ++r) {
                 const char* p0 = rows[r];

@@ -232,21 +232,38 @@ struct RowWeightedLanes {
         constexpr int W = V::kWidth;
         auto at = [step](const char* row, int64_t l) { return simd::load_any<V, T>(row + l * step); };
         if constexpr (!Omit) {
-            // Rows r, r + q, r + 2q, r + 3q side by side: four in-order streams (see FloatLanes).
+            // Rows r, r + q, r + 2q, r + 3q side by side: four in-order streams, each prefetched
+            // in software ~2 KiB ahead once per cache line of contiguous lanes (see FloatLanes).
             const int64_t q = nrows / 4;
+            const int64_t ahead = prefetch_rows((l1 - l0) * step);
+            auto ahead_of = [&](int64_t i) { return rows[std::min(i + ahead, nrows - 1)]; };
+            constexpr int kLineSteps = std::max<int>(1, int(kCacheLine / (W * sizeof(T))));
             for (int64_t r = 0; r < q; ++r) {
                 const char* p0 = rows[r];
                 const char* p1 = rows[r + q];
                 const char* p2 = rows[r + 2 * q];
                 const char* p3 = rows[r + 3 * q];
+                const char* f0 = ahead_of(r);
+                const char* f1 = ahead_of(r + q);
+                const char* f2 = ahead_of(r + 2 * q);
+                const char* f3 = ahead_of(r + 3 * q);
                 const V w0 = V::set1(w[r]), w1 = V::set1(w[r + q]), w2 = V::set1(w[r + 2 * q]), w3 = V::set1(w[r + 3 * q]);
-                for (int64_t l = l0; l < l1; l += W) {
+                auto one = [&](int64_t l) {
                     const V s = V::loadu(sh + l);
                     const V d0 = at(p0, l) - s, d1 = at(p1, l) - s, d2 = at(p2, l) - s, d3 = at(p3, l) - s;
                     const V e0 = w0 * d0, e1 = w1 * d1, e2 = w2 * d2, e3 = w3 * d3;
                     (V::loadu(a1 + l) + ((e0 + e1) + (e2 + e3))).storeu(a1 + l);
                     (V::loadu(a2 + l) + ((e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3))).storeu(a2 + l);
+                };
+                int64_t l = l0;
+                if (W > 1) {  // the vector loop runs on contiguous lanes only (sums)
+                    for (; l + kLineSteps * W <= l1; l += kLineSteps * W) {
+                        const int64_t b = l * step;
+                        prefetch(f0 + b), prefetch(f1 + b), prefetch(f2 + b), prefetch(f3 + b);
+                        for (int k = 0; k < kLineSteps; ++k) one(l + k * W);
+                    }
                 }
+                for (; l < l1; l += W) one(l);
             }
             for (int64_t r = 4 * q; r < nrows; ++r) {
                 const V wr = V::set1(w[r]);
