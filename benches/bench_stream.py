@@ -2,12 +2,16 @@
 
     python benches/bench_stream.py --size-mb 256            # validated size on the dev machine
     python benches/bench_stream.py --size-mb 32768 --dir /data   # larger than RAM (lead)
+    python benches/bench_stream.py --size-mb 1024 --weights      # + per-row weights from a file
 
 Cold: the file's pages are dropped first (posix_fadvise DONTNEED on the whole file, or
 ``--drop-caches`` writes /proc/sys/vm/drop_caches when permitted). Cached: the file was just read by dd.
 Reported: GB/s, ratios (cold: fastmoments / dd; cached: fastmoments / the in-memory kernel on the
 same data already in RAM), the peak growth of anonymous memory during the fastmoments run
 (/proc/self/smaps_rollup, sampled every 5 ms) and how much of the file a cold run left cached.
+With --weights a (rows,) float32 weights file is written beside the data and the same rows are
+measured for ``compute(path, weights=weights_path)`` (dd then reads both files; GB/s count
+both files' bytes).
 """
 
 from __future__ import annotations
@@ -127,6 +131,44 @@ def numpy_mmap(path: str):
     return x.mean(axis=0), x.var(axis=0)
 
 
+def weights_path(path: str) -> str:
+    return path[:-len(".npy")] + "_w.npy"
+
+
+def weighted_rows(path: str, rows: int, args) -> list:
+    """Per-row float32 weights in a second file: cold and cached, against dd of both files and
+    against the weighted kernel on both arrays in RAM."""
+    wpath = weights_path(path)
+    np.save(wpath, np.random.default_rng(1).uniform(0.5, 2.0, rows).astype(np.float32))
+    gb = (os.path.getsize(path) + os.path.getsize(wpath)) / 1e9
+    run = lambda: fastmoments.compute(path, weights=wpath, threads=args.threads)  # noqa: E731
+    out = []
+    t_dd = t_cold = float("inf")
+    for _ in range(args.cold_repeat):
+        drop_file_pages(path, args.drop_caches), drop_file_pages(wpath, args.drop_caches)
+        t_dd = min(t_dd, dd(path) + dd(wpath))
+        drop_file_pages(path, args.drop_caches), drop_file_pages(wpath, args.drop_caches)
+        t_cold = min(t_cold, timed(run)[0])
+    out.append(("cold", "dd bs=8M, data + weights", gb / t_dd, f"best of {args.cold_repeat}"))
+    out.append(("cold", "compute(path, weights=wpath)", gb / t_cold, f"{t_dd / t_cold:.2f}x dd"))
+    dd(path), dd(wpath)
+    t_dd_c = min(dd(path) + dd(wpath) for _ in range(args.repeat))
+    t_cached, r = timed(run, args.repeat)
+    with AnonPeak() as mem:
+        run()
+    x, w = np.array(np.load(path, mmap_mode="r")), np.load(wpath)
+    t_mem, r_mem = timed(lambda: fastmoments.compute(x, weights=w, threads=args.threads), args.repeat)
+    del x
+    np.testing.assert_allclose(r.mean, r_mem.mean, rtol=1e-12)
+    np.testing.assert_allclose(r.variance, r_mem.variance, rtol=1e-10)
+    out.append(("cached", "dd bs=8M, data + weights", gb / t_dd_c, ""))
+    out.append(("cached", "weighted kernel, arrays in RAM", gb / t_mem, "(reference)"))
+    out.append(("cached", "compute(path, weights=wpath)", gb / t_cached,
+                f"{t_mem / t_cached:.2f}x in-memory; {t_dd_c / t_cached:.2f}x dd; "
+                f"anon +{mem.growth_mib:.0f} MiB"))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=float, default=256.0, help="file size in MB (default 256)")
@@ -141,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--numpy-max-mb", type=float, default=4096.0,
                     help="skip NumPy (its var makes a full-size temporary) above this size")
     ap.add_argument("--keep", action="store_true", help="keep the file afterwards")
+    ap.add_argument("--weights", action="store_true",
+                    help="also time per-row weights streamed from a second .npy file")
     ap.add_argument("--reader", choices=["thread", "workers", "map", "auto"], default="auto",
                     help="native pipeline: a reader thread + ring, workers reading their own "
                          "pieces, or workers reducing cached pieces from a memory map "
@@ -219,9 +263,13 @@ def main(argv=None) -> int:
             rowsout.append(("cached", "np.load(mmap) mean+var", gb / t_np,
                             f"fastmoments {t_np / t_cached:.1f}x faster"))
         np.testing.assert_allclose(r.mean, r2.mean, rtol=0, atol=0)
+        if args.weights:
+            rowsout += weighted_rows(path, rows, args)
     finally:
         if not args.keep:
             os.unlink(path)
+            if os.path.exists(weights_path(path)):
+                os.unlink(weights_path(path))
     print(f"{'cache':7} {'path':34} {'GB/s':>7}  notes")
     for cache, name, rate, note in rowsout:
         print(f"{cache:7} {name:34} {rate:7.2f}  {note}")

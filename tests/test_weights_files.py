@@ -72,6 +72,22 @@ def test_per_row_weights_match_in_memory_and_exact(tmp_path, small_blocks, axis,
     assert rel(got.sum_weights, ref.sum_weights) <= 1e-13
 
 
+@pytest.mark.parametrize("axis", [-1, None, 0])
+def test_weight_files_give_the_same_bits_for_every_thread_count(tmp_path, small_blocks, axis):
+    """Blocks are reduced by several workers at once and joined in block order."""
+    rng = np.random.default_rng(5)
+    x = (1e6 + rng.standard_normal((203, 5))).astype(np.float64)
+    np.save(tmp_path / "w.npy", rng.uniform(0.0, 3.0, x.shape[0]))
+    np.save(tmp_path / "m.npy", rng.random(x.shape) < 0.8)
+    paths = write_parts(tmp_path, x, [70, 71, 150])
+    runs = [fastmoments.compute(paths, axis=axis, weights=str(tmp_path / "w.npy"),
+                                where=str(tmp_path / "m.npy"), threads=t) for t in (1, 2, 3, 8)]
+    for r in runs[1:]:
+        for field in ("count", "mean", "m2", "sum_weights", "sum_weights_sq"):
+            np.testing.assert_array_equal(np.asarray(getattr(r, field)),
+                                          np.asarray(getattr(runs[0], field)), err_msg=field)
+
+
 @pytest.mark.parametrize("form", ["array", "file"])
 def test_elementwise_weights_and_mask_files(tmp_path, small_blocks, form):
     rng = np.random.default_rng(2)

@@ -36,6 +36,7 @@ import numpy as np
 from ._array import reduce_ndarray
 from ._dtypes import check_plain_dtype, kernel_dtype
 from ._moments import State
+from ._progress import result_of
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -47,8 +48,6 @@ EXTRA_HINT = "pip install 'fastmoments[imaging]'"
 PIECE_BYTES = 4 << 20
 # Compressed bytes of a .nii.gz read at a time.
 INPUT_BYTES = 4 << 20
-# How often the waiting thread checks for Ctrl-C.
-POLL_SECONDS = 0.05
 
 # Pillow modes read as they are: mode -> channels.
 _IMAGE_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I;16": 1, "I;16L": 1, "I;16B": 1,
@@ -474,10 +473,7 @@ class DecodedStates:
     def next(self) -> Tuple[DecodedFile, State]:
         src, fut = self._pending.popleft()
         try:
-            # A timed wait, so that Ctrl-C reaches this thread while a file decodes.
-            while not concurrent.futures.wait([fut], timeout=POLL_SECONDS).done:
-                pass
-            return src, fut.result()
+            return src, result_of(fut)
         finally:
             self._fill()
 

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import sys
 from typing import Any, Callable, Iterator, Optional, Union
 
 ProgressLike = Union[bool, None, Callable[[int, int], Any]]
+
+# How often a thread waiting on work done elsewhere (native code, worker threads) wakes up to
+# poll: Ctrl-C and progress callbacks are seen within this time.
+POLL_SECONDS = 0.05
+
+
+def result_of(fut: "concurrent.futures.Future") -> Any:
+    """``fut.result()`` by timed waits, so that Ctrl-C reaches the waiting (main) thread while a
+    worker thread runs."""
+    while not concurrent.futures.wait([fut], timeout=POLL_SECONDS).done:
+        pass
+    return fut.result()
 
 
 @contextlib.contextmanager
