@@ -4,6 +4,10 @@ and against the exact weighted reference; bounded memory; bad input."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 import tracemalloc
 import zipfile
 
@@ -267,3 +271,29 @@ def test_weight_files_are_not_modified(tmp_path):
     before = (tmp_path / "w.npy").read_bytes()
     fastmoments.compute(str(tmp_path / "x.npy"), weights=str(tmp_path / "w.npy"))
     assert (tmp_path / "w.npy").read_bytes() == before
+
+
+def test_ctrl_c_stops_the_block_workers(tmp_path, monkeypatch, sigint_raises):
+    """Ctrl-C while workers reduce blocks: KeyboardInterrupt within a second, no thread left."""
+    monkeypatch.setattr(_stream, "WEIGHTED_BLOCK_BYTES", 1 << 12)
+    slow = _stream.reduce_ndarray
+
+    def reduce_slowly(*args, **kwargs):
+        time.sleep(0.01)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(_stream, "reduce_ndarray", reduce_slowly)
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "x.npy", rng.standard_normal((1 << 17, 4)))  # 1024 blocks: > 5 s
+    np.save(tmp_path / "w.npy", rng.random(1 << 17))
+    args = (str(tmp_path / "x.npy"),)
+    before = threading.active_count()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        fastmoments.compute(*args, weights=str(tmp_path / "w.npy"), threads=2)
+    elapsed = time.monotonic() - t0
+    timer.join()
+    assert elapsed < 1.5
+    assert threading.active_count() == before
