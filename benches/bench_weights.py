@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -67,6 +68,19 @@ def cases(gib, rng, want):
             return x, {"where": rng.random((1, width), dtype=np.float32) < 0.8}  # per feature
         return make
 
+    def zero_weight_features(dtype, width):
+        def make():
+            x, kw = elementwise(dtype, width)()
+            kw["weights"][:, rng.random(width) < 0.2] = 0  # features without positive weight
+            return x, kw
+        return make
+
+    def feature_mask_runs(dtype, width):
+        def make():  # each feature's values contiguous (an F-order (N, width) array): run mode
+            x = _floats(nb // np.dtype(dtype).itemsize, rng, dtype).reshape(width, -1).T
+            return x, {"where": rng.random((1, width), dtype=np.float32) < 0.8}
+        return make
+
     table = [
         ("float32 (N,256) axis=-1, per-row weights", 0.75, rows(np.float32, 256), -1),
         ("float64 (N,256) axis=-1, per-row weights", 0.75, rows(np.float64, 256), -1),
@@ -76,6 +90,8 @@ def cases(gib, rng, want):
         ("float32 (N,256) axis=-1, where= mask", 0.60, mask(np.float32, 256), -1),
         ("float32 (N,256) axis=None, where= mask", 0.60, mask(np.float32, 256), None),
         ("float32 (N,256) axis=-1, where= (1,256) per feature", 0.60, feature_mask(np.float32, 256), -1),
+        ("float32 (N,256) axis=-1, f32 weights, 20% zero features", 0.60, zero_weight_features(np.float32, 256), -1),
+        ("float32 (N,256) F-order axis=-1, where= (1,256) per feature", 0.60, feature_mask_runs(np.float32, 256), -1),
     ]
     for row in table:
         if not want or any(w in row[0] for w in want):
@@ -101,7 +117,8 @@ def reference(x, axis, kw):
     sw = sum(np.broadcast_to(b, a.shape).sum(axis=red) for a, b in blocks())
     mean = sum((a * b).sum(axis=red) for a, b in blocks()) / sw
     m2 = sum((b * (a - mean) ** 2).sum(axis=red) for a, b in blocks())
-    return (m2 / sw).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):  # NaN where no weight is positive
+        return (m2 / sw).astype(np.float64)
 
 
 def numpy_best(x, axis, kw):
@@ -112,14 +129,20 @@ def numpy_best(x, axis, kw):
     w = kw["weights"]
     if axis is None and w.ndim == 1:
         w = np.broadcast_to(w[:, None], x.shape)
-    mean = np.average(x, axis=red, weights=w)
-    var = np.average((x - mean) ** 2, axis=red, weights=w)
+    try:
+        mean = np.average(x, axis=red, weights=w)
+        var = np.average((x - mean) ** 2, axis=red, weights=w)
+    except ZeroDivisionError:  # a feature without positive weight: np.average's sums, NaN there
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sw = w.sum(axis=red)
+            mean = np.multiply(x, w).sum(axis=red) / sw
+            var = np.multiply((x - mean) ** 2, w).sum(axis=red) / sw
     return mean, var
 
 
 def rel_err(got, want):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.max(np.abs(got - want) / np.abs(want)))
+    return float(np.nanmax(np.abs(got - want) / np.abs(want)))  # NaN: features without weight
 
 
 def main():
@@ -137,7 +160,7 @@ def main():
     print(f"threads {counts}; {args.gib} GiB of data per case; best of {args.repeat}; {args.clock}-clock; "
           f"GB/s count data + weight bytes")
     cols = "".join(f" | t={t}: {'read':>6s} {'fm':>6s} {'fm/read':>7s}" for t in counts)
-    head = f"{'case':50s}{cols} | bar  | bits"
+    head = f"{'case':60s}{cols} | bar  | bits"
     if not args.no_peers:
         head += " | numpy GB/s  fm/numpy | err fm   err numpy"
     print(head)
@@ -147,8 +170,8 @@ def main():
         x, kw = make()
         w = next(iter(kw.values()))
         gb = (x.nbytes + w.nbytes) / 1e9
-        raw_x = x.reshape(-1).view(np.uint8)
-        raw_w = w.reshape(-1).view(np.uint8)
+        raw_x = x.ravel(order="K").view(np.uint8)  # a view for C- and F-order arrays
+        raw_w = w.ravel(order="K").view(np.uint8)
         best = timed = BestTimes(args.clock)
 
         results = {}
@@ -156,9 +179,10 @@ def main():
             for t in counts:
                 timed(("read", t), lambda: (_core.read_bandwidth(raw_x, t), _core.read_bandwidth(raw_w, t)))
                 results[t] = timed(("fm", t), lambda: fastmoments.compute(x, axis=axis, threads=t, **kw))
-        same = all(np.array_equal(results[t].m2, results[counts[0]].m2) and
-                   np.array_equal(results[t].mean, results[counts[0]].mean) for t in counts)
-        row = f"{name:50s}"
+        # equal_nan: a feature without positive weight is NaN for every thread count
+        same = all(np.array_equal(results[t].m2, results[counts[0]].m2, equal_nan=True) and
+                   np.array_equal(results[t].mean, results[counts[0]].mean, equal_nan=True) for t in counts)
+        row = f"{name:60s}"
         for t in counts:
             ratio = best[("read", t)] / best[("fm", t)]
             if ratio < bar:
@@ -167,13 +191,15 @@ def main():
             row += "*" if ratio < bar else " "
         row += f" | {bar:4.2f} | {'same' if same else 'DIFFER'}"
         if not args.no_peers:
-            t0 = time.perf_counter()
-            _, var_np = numpy_best(x, axis, kw)
-            t_np = time.perf_counter() - t0
-            want = reference(x, axis, kw)
-            fm = results[counts[-1]]
-            row += (f" | {gb / t_np:10.2f} {t_np / best[('fm', counts[-1])]:8.1f}x"
-                    f" | {rel_err(fm.variance, want):7.1e}  {rel_err(var_np, want):7.1e}")
+            with warnings.catch_warnings():  # features without positive weight: NaN, empty-slice warnings
+                warnings.simplefilter("ignore", RuntimeWarning)
+                t0 = time.perf_counter()
+                _, var_np = numpy_best(x, axis, kw)
+                t_np = time.perf_counter() - t0
+                want = reference(x, axis, kw)
+                fm = results[counts[-1]]
+                row += (f" | {gb / t_np:10.2f} {t_np / best[('fm', counts[-1])]:8.1f}x"
+                        f" | {rel_err(fm.variance, want):7.1e}  {rel_err(var_np, want):7.1e}")
         print(row, flush=True)
         del x, kw, w, raw_x, raw_w, results
     print("-" * len(head))

@@ -263,6 +263,100 @@ def test_masked_fill_values_and_masked_features_keep_exact_results(form):
     assert rel(r.m2[live], ref.m2) <= 1e-12
 
 
+# ---- lanes whose positive weights start late: the column shift search is bounded ------------------
+
+# Rows before which column j has no positive weight (its values there are a 1e30 fill): inside
+# the 16 rows searched for a column shift (lanes mode), just past them, past the 256 values
+# searched in run mode, at the last row, and never (a fully masked feature).
+LATE_STARTS = [0, 5, 16, 17, 300, 2999, None]
+
+
+def late_weights(rng, x, form):
+    """Weights (or a mask) of x's shape with column j's positive weights from LATE_STARTS[j] on,
+    and x set to 1e30 where the weight is zero; returns (kwargs for compute, weights as float64)."""
+    keep = np.ones(x.shape, bool)
+    for j, start in enumerate(LATE_STARTS):
+        keep[: x.shape[0] if start is None else start, j] = False
+    x[~keep] = 1e30
+    if form == "mask":
+        return {"where": keep}, keep.astype(np.float64)
+    w = keep * 10.0 ** rng.uniform(-3, 3, x.shape)
+    return {"weights": w}, w
+
+
+@pytest.mark.parametrize("case", sorted(ADVERSARIAL))
+@pytest.mark.parametrize("layout", ["elementwise", "mask", "run", "run_mask", "fortran"])
+def test_late_positive_weights_keep_exact_results(case, layout):
+    # A lane whose first values of positive weight lie beyond the bounded shift search merges its
+    # chunks relative to 0 (weighted_reduce.hpp, compute_shifts): against the exact reference
+    # with offsets 1e9 (float64) and 1000 (float32), weights 1e-3..1e3, fills 1e30 never a shift.
+    rng = np.random.default_rng(21)
+    x = ADVERSARIAL[case](rng, (3000, len(LATE_STARTS)))
+    kw, w = late_weights(rng, x, "mask" if layout.endswith("mask") else "weights")
+    if layout.startswith("run"):  # features along axis 0, their values contiguous: run mode
+        xt = np.ascontiguousarray(x.T)
+        kw = {k: np.ascontiguousarray(v.T) for k, v in kw.items()}
+        r = fastmoments.compute(xt, axis=0, **kw)
+    elif layout == "fortran":
+        r = fastmoments.compute(np.asfortranarray(x), axis=-1, **{k: np.asfortranarray(v) for k, v in kw.items()})
+    else:
+        r = fastmoments.compute(x, axis=-1, **kw)
+    live = np.array([s is not None for s in LATE_STARTS])
+    check_exact_columns(r, x, w, live)
+
+
+def check_exact_columns(r, x, w, live):
+    """check_exact on the live columns; the others (no positive weight) are NaN with the warning of
+    an empty feature under nan_policy="omit"."""
+    ref = exact_weighted_reference(x[:, live], w[:, live], -1)
+    np.testing.assert_array_equal(np.asarray(r.count)[live], ref.count)
+    assert rel(r.sum_weights[live], ref.sum_weights) <= 1e-13
+    assert rel(r.mean[live], ref.mean) <= 1e-15, (r.mean[live], ref.mean)
+    assert rel(r.m2[live], ref.m2) <= 1e-12, (r.m2[live], ref.m2)
+    assert (np.asarray(r.count)[~live] == 0).all() and np.isnan(r.mean[~live]).all()
+    with pytest.warns(RuntimeWarning, match="Degrees of freedom"):
+        v = r.variance
+    assert np.isnan(v[~live]).all() and np.isfinite(v[live]).all()
+
+
+@pytest.mark.parametrize("layout", ["elementwise", "mask", "run"])
+def test_late_positive_weights_across_tasks_threads_same_bits(layout):
+    # 1.1M rows: more than one task per column (lanes and run mode), so the late column (positive
+    # weights only from row 1.08M, inside the last task) and the fully masked one merge empty task
+    # states; threads=1 and threads=2 give the same bits, and the 1e-12 bar holds at offset 1e9.
+    rng = np.random.default_rng(22)
+    n = 1_100_000
+    x = 1e9 + rng.standard_normal((n, 4))
+    keep = np.ones(x.shape, bool)
+    keep[:1_080_000, 1] = False
+    keep[:, 2] = False
+    keep[:50, 3] = False
+    x[~keep] = 1e30
+    w = keep * 10.0 ** rng.uniform(-3, 3, x.shape)
+    kw = {"where": keep} if layout == "mask" else {"weights": w}
+    if layout == "mask":
+        w = keep.astype(np.float64)
+    if layout == "run":
+        runs = {k: np.ascontiguousarray(v.T) for k, v in kw.items()}
+        outs = [fastmoments.compute(np.ascontiguousarray(x.T), axis=0, threads=t, **runs) for t in (1, 2)]
+    else:
+        outs = [fastmoments.compute(x, axis=-1, threads=t, **kw) for t in (1, 2)]
+    a, b = outs
+    for f in ("count", "mean", "m2", "sum_weights", "sum_weights_sq"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    np.testing.assert_array_equal(a.state.mean_lo, b.state.mean_lo)
+    # Reference: x - 1e9 is exact in float64, so two passes in longdouble on the shifted values
+    # around their exact-to-~1e-19 mean are far below the bar (the shift moves the mean only).
+    live = keep.any(axis=0)
+    d = (x[:, live] - 1e9).astype(np.longdouble)
+    wl = w[:, live].astype(np.longdouble)
+    mean = (wl * d).sum(0) / wl.sum(0)
+    m2 = (wl * (d - mean) ** 2).sum(0)
+    assert rel(a.mean[live], 1e9 + mean) <= 1e-15
+    assert rel(a.m2[live], m2) <= 1e-12
+    assert (a.count[~live] == 0).all() and np.isnan(a.mean[~live]).all()
+
+
 # ---- determinism: threads and ISA variants --------------------------------------------------------
 
 @pytest.mark.parametrize("layout", ["rows", "elementwise_f32", "mask", "axis_none", "keep_axis0_rows"])

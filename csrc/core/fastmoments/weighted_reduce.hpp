@@ -109,40 +109,67 @@ public:
         else group_ = std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, values));
     }
 
-    // The first finite value of positive weight of each column (lane), searched over the first
-    // kShiftSearch units, or 0: chunk states are merged relative to it (see Reducer).
-    static constexpr int64_t kShiftSearch = 1 << 16;
+    // Chunk states are merged relative to a per-lane shift col_shift_ (and added back in
+    // scatter): the first finite value of positive weight among the lane's first
+    // kShiftSearchRows rows (run mode: first kShiftSearchValues values), else 0.
+    //
+    // Why a bounded search and 0 are enough (accuracy): col_shift_ enters only (a) a chunk's mean
+    // as the double-double set_mean(shift - col_shift, s1/sw), (b) Chan's merges of those means,
+    // (c) scatter's two_sum back. With col_shift = 0, (a) is exact (shift - 0), and (b) takes delta
+    // between double-double means: the highs of two means of the same data differ by less than
+    // a factor 2 (Sterbenz: their difference is exact) or by about themselves (then u relative),
+    // and the new low part a.mean_lo + delta * wb rounds by u * |delta|, a spread-sized number,
+    // not u * |mean|. So the mean keeps ~u * spread per merge and m2's merge terms
+    // delta^2 * wa * wb / W ~2u relative, whatever the offset (1e9 float64, tests/test_weights.py
+    // late-start cases: <= 1e-12 against the exact reference). A shift found near the data gives
+    // the same bounds; it is kept for the common case so that unmasked results keep their bits.
+    // What must never be a shift is a value of zero weight (a fill value 1e30 far from the data
+    // would round the chunk means in (a)): the search takes only values of positive weight.
+    //
+    // Why bounded (speed): a lane without positive weight in its first rows (a masked feature,
+    // padding) was searched over 65536 rows with a strided column walk, serially before the
+    // threads start (~30% of a (65536, 256) float32 call with 51 masked features). The search is
+    // row-major over all lanes of a column block at once (one row's lanes are near in memory),
+    // drops the lanes found, and stops after kShiftSearchRows rows: at most that many rows of
+    // each column block are read. Deterministic: the same rows for every thread count.
+    static constexpr int64_t kShiftSearchRows = kShiftProbeRows;
+    static constexpr int64_t kShiftSearchValues = 256;  // run mode: contiguous values, 1 KiB of float32
 
     void compute_shifts() {
         const PairPlan& p = plan_;
         col_shift_.assign(static_cast<size_t>(ncols_ * width_), 0.0);
         Odometer cols(p.columns), wcols(p.wcolumns);
+        std::vector<int64_t> pending;
         for (int64_t c = 0; c < ncols_; ++c) {
             double* sh = &col_shift_[static_cast<size_t>(c * width_)];
             if (p.lanes_mode) {
                 cols.seek(c / lane_blocks_), wcols.seek(c / lane_blocks_);
                 const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
                 const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
-                for (int64_t l = 0; l < width; ++l) {
-                    Odometer rows(p.rows), wrows(p.wrows);
-                    rows.seek(0), wrows.seek(0);
-                    const char* b = data_ + cols.offset() + (lane0 + l) * p.lane_stride;
-                    const char* wb = weights_ + wcols.offset() + (lane0 + l) * p.wlane_stride;
-                    const int64_t n = std::min(units_, kShiftSearch);
-                    for (int64_t r = 0; r < n; ++r, rows.next(), wrows.next()) {
-                        const double v = value_at<T>(b + rows.offset());
-                        if (std::isfinite(v) && weight_at<Wt>(wb + wrows.offset()) > 0.0) {
-                            sh[l] = v;
-                            break;
-                        }
+                const char* base = data_ + cols.offset() + lane0 * p.lane_stride;
+                const char* wbase = weights_ + wcols.offset() + lane0 * p.wlane_stride;
+                pending.resize(static_cast<size_t>(width));
+                for (int64_t l = 0; l < width; ++l) pending[static_cast<size_t>(l)] = l;
+                Odometer rows(p.rows), wrows(p.wrows);
+                rows.seek(0), wrows.seek(0);
+                const int64_t n = std::min(units_, kShiftSearchRows);
+                for (int64_t r = 0; r < n && !pending.empty(); ++r, rows.next(), wrows.next()) {
+                    const char* row = base + rows.offset();
+                    const char* wrow = wbase + wrows.offset();
+                    size_t left = 0;
+                    for (const int64_t l : pending) {
+                        const double v = value_at<T>(row + l * p.lane_stride);
+                        if (std::isfinite(v) && weight_at<Wt>(wrow + l * p.wlane_stride) > 0.0) sh[l] = v;
+                        else pending[left++] = l;
                     }
+                    pending.resize(left);
                 }
             } else {
                 cols.seek(c), wcols.seek(c);
                 Odometer rows(p.rows), wrows(p.wrows);
                 rows.seek(0), wrows.seek(0);
                 sh[0] = first_in_run(data_ + cols.offset(), weights_ + wcols.offset(), rows, wrows, 0,
-                                     std::min(units_, kShiftSearch));
+                                     std::min(units_, kShiftSearchValues));
             }
         }
     }
@@ -271,7 +298,11 @@ private:
                         }
                     };
                     const double running = running_shift(acc[0], shift[0]);
-                    k.start(std::isnan(running) ? r_.first_in_run(base, wbase, rows, wrows, pos, n) : running);
+                    // A fresh chunk is summed again around its own mean (resum): a probe of its first values
+                    // will do, bounded so that a masked column costs no scan of every chunk.
+                    k.start(std::isnan(running)
+                                ? r_.first_in_run(base, wbase, rows, wrows, pos, std::min(n, kShiftSearchValues))
+                                : running);
                     Odometer again(rows), wagain(wrows);
                     int64_t again_pos = pos;
                     walk(rows, wrows, pos);
