@@ -176,6 +176,9 @@ def test_weights_in_graph_with_unknown_shapes(path):
         fn(tf.constant(x), tf.constant(rng.random(7)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="finite and non-negative"):
         fn(tf.constant(x), tf.constant(np.r_[w[:-1], -1.0]))
+    # One weight per feature (the op's per-output route) is checked there too.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="finite and non-negative"):
+        fn(tf.constant(x), tf.constant(np.r_[wf[:-1], np.nan]))
 
 
 def test_fully_masked_feature_and_nan_policy(path):

@@ -637,3 +637,45 @@ def test_property_matches_exact_reference(case):
     np.testing.assert_allclose(r.mean, ref.mean, rtol=1e-13, atol=1e-13 * xmax)
     scale = ref.sum_weights * xmax ** 2 + 1  # m2 errors are relative to sum(w) * x^2
     np.testing.assert_allclose(r.m2, ref.m2, rtol=1e-11, atol=float(np.max(scale)) * 1e-13)
+
+
+# ---- one weight per output (weights constant along every reduced axis) ----------------------------
+
+@pytest.mark.parametrize("case", sorted(ADVERSARIAL))
+@pytest.mark.parametrize("form", ["weights", "mask", "rows_axis0", "nchw"])
+def test_one_weight_per_output_against_exact_reference(case, form):
+    """A weight or mask per output (the unweighted kernel with the weight applied per output): the
+    exact weighted reference, NaN and 1e30 values of masked outputs left out, the same bits for
+    every thread count."""
+    rng = np.random.default_rng(31)
+    if form == "nchw":
+        x = ADVERSARIAL[case](rng, (40, 5, 6, 7))
+        axis, wshape = 1, (1, 5, 1, 1)
+    elif form == "rows_axis0":
+        x = ADVERSARIAL[case](rng, (300, 9))
+        axis, wshape = 0, (300, 1)
+    else:
+        x = ADVERSARIAL[case](rng, (3000, 9))
+        axis, wshape = -1, (1, 9)
+    w = 10.0 ** rng.uniform(-3, 3, wshape)
+    dead = np.zeros(wshape, bool)
+    dead.flat[::3] = True
+    w[dead] = 0.0
+    kw = {"where": ~dead} if form == "mask" else {"weights": w}
+    full_w = np.broadcast_to(np.where(dead, 0.0, 1.0 if form == "mask" else w), x.shape)
+    x = x.copy()
+    x[np.broadcast_to(dead, x.shape) & (rng.random(x.shape) < 0.5)] = np.nan  # masked: never read
+    x[np.broadcast_to(dead, x.shape) & (rng.random(x.shape) < 0.3)] = 1e30
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the empty (masked) outputs
+        runs = [fastmoments.compute(x, axis=axis, threads=t, **kw) for t in (1, 2)]
+    live = np.asarray(runs[0].count) > 0
+    assert not live.ravel()[::3].any() and live.sum() == live.size - live.ravel()[::3].size
+    ref = exact_weighted_reference(np.where(full_w > 0, x, 0.0), full_w, axis)
+    np.testing.assert_array_equal(np.asarray(runs[0].count), ref.count)
+    for name, tol in (("mean", 1e-15), ("m2", 1e-12), ("sum_weights", 1e-15), ("sum_weights_sq", 1e-15)):
+        got, want = np.asarray(getattr(runs[0], name))[live], np.asarray(getattr(ref, name))[live]
+        assert rel(got, want) <= tol, (name, got, want)
+        np.testing.assert_array_equal(np.asarray(getattr(runs[1], name)), np.asarray(getattr(runs[0], name)))
+    assert np.isnan(np.asarray(runs[0].mean)[~live]).all()
+

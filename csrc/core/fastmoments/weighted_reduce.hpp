@@ -368,15 +368,85 @@ private:
     int64_t splits_ = 1, group_ = 1;
 };
 
+// ---- one weight per output ----------------------------------------------------------------------
+// Weights constant along every reduced axis (one weight or mask value per output, such as where=
+// of shape (1, d) on (n, d) data, or per-row weights under axis=0): an output's weighted state is
+// its unweighted state with the weight w applied (mean unchanged; m2 and wsum times w, w2sum times
+// w^2), or empty where w == 0. One pass of the unweighted kernel instead of the weighted kernel
+// reading a weight per value: (65536, 256) float32 with where= of shape (1, 256) ran at 0.53-0.55
+// of the read loop through the weighted kernel. Masked outputs are reduced and then dropped (what
+// they hold, NaN or infinite, does not count). The TF op runs this same driver.
+inline bool weights_per_output(int ndim, const int64_t* shape, const int64_t* wstrides, const bool* keep) {
+    for (int i = 0; i < ndim; ++i)
+        if (!keep[i] && shape[i] > 1 && wstrides[i] != 0) return false;
+    return true;
+}
+
+template <class Wt>
+inline Status reduce_per_output_weights(const void* data, DType dtype, int ndim, const int64_t* shape,
+                                        const int64_t* strides, const char* weights, const int64_t* wstrides,
+                                        const bool* keep, WeightedState* out, bool* bad_weights,
+                                        const ReduceOptions& opt) {
+    // The outputs in C order of the kept axes, as reduce() writes them, and their weights.
+    std::vector<int64_t> size, wstride;
+    for (int i = 0; i < ndim; ++i)
+        if (keep[i]) size.push_back(shape[i]), wstride.push_back(wstrides[i]);
+    int64_t outputs = 1;
+    for (int64_t n : size) outputs *= n;
+    std::vector<double> w(static_cast<size_t>(outputs));
+    std::vector<int64_t> index(size.size(), 0);
+    int64_t offset = 0;
+    for (int64_t o = 0; o < outputs; ++o) {
+        w[static_cast<size_t>(o)] = weight_at<Wt>(weights + offset);
+        if (!valid_weight(w[static_cast<size_t>(o)])) {
+            *bad_weights = true;
+            return Status::Ok;
+        }
+        for (size_t k = size.size(); k-- > 0;) {  // the next output: last kept axis fastest
+            offset += wstride[k];
+            if (++index[k] < size[k]) break;
+            offset -= wstride[k] * size[k];
+            index[k] = 0;
+        }
+    }
+    std::vector<MomentState> states(static_cast<size_t>(outputs));
+    const Status st = reduce(data, dtype, ndim, shape, strides, keep, states.data(), opt);
+    if (st != Status::Ok) return st;
+    for (int64_t o = 0; o < outputs; ++o) {
+        const double wo = w[static_cast<size_t>(o)];
+        const MomentState& s = states[static_cast<size_t>(o)];
+        if (!(wo > 0.0) || s.count == 0) {
+            out[o] = WeightedState{};
+            continue;
+        }
+        WeightedState r = as_weighted(s);
+        r.m2 = s.m2 * wo;
+        r.wsum *= wo;
+        r.w2sum = r.w2sum * wo * wo;
+        out[o] = r;
+    }
+    return Status::Ok;
+}
+
 // Reduces `data` weighted by `weights` (same shape, its own byte strides; 0 for broadcast axes)
 // over the axes with keep[i] == false. *bad_weights: some weight was negative, NaN or infinite.
 inline Status reduce_weighted(const void* data, DType dtype, int ndim, const int64_t* shape, const int64_t* strides,
                               const void* weights, WeightType wtype, const int64_t* wstrides, const bool* keep,
                               WeightedState* out, bool* bad_weights, const ReduceOptions& opt) {
     const ExactFloatScope exact;  // the calling thread too (see float_env.hpp)
-    const PairPlan plan = make_pair_plan(ndim, shape, strides, wstrides, keep);
     const char* w = static_cast<const char*>(weights);
     *bad_weights = false;
+    if (weights_per_output(ndim, shape, wstrides, keep)) {
+        switch (wtype) {
+            case WeightType::Float32:
+                return reduce_per_output_weights<float>(data, dtype, ndim, shape, strides, w, wstrides, keep, out, bad_weights, opt);
+            case WeightType::Mask:
+                return reduce_per_output_weights<bool>(data, dtype, ndim, shape, strides, w, wstrides, keep, out, bad_weights, opt);
+            default:
+                return reduce_per_output_weights<double>(data, dtype, ndim, shape, strides, w, wstrides, keep, out, bad_weights, opt);
+        }
+    }
+    const PairPlan plan = make_pair_plan(ndim, shape, strides, wstrides, keep);
     return visit_dtype(dtype, [&](auto tag) -> Status {
         using T = decltype(tag);
         const char* p = static_cast<const char*>(data);
