@@ -38,7 +38,7 @@ def test_variant_names_and_selection():
         assert "avx2" in info["simd"]
     flags = _cpu_flags()
     if flags is not None and "avx512" in info["simd"]:
-        cpu_has = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= flags
+        cpu_has = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"} <= flags
         assert ("avx512" in info["simd_supported"]) == cpu_has
 
 

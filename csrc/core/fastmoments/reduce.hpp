@@ -374,7 +374,7 @@ private:
                             continue;
                         }
                     }
-                    for (int64_t k = 0; k < n; ++k, rows.next()) row_ptrs_[k] = base + rows.offset();
+                    rows.fill(base, row_ptrs_.data(), n);
                     if (p.lane_stride == static_cast<int64_t>(sizeof(T)))
                         lane_kernel<true>(n, width, acc, r_.shift_of(c), flags);
                     else

@@ -38,6 +38,14 @@ inline vec vxor(vec a, vec b) { return _mm512_xor_si512(a, b); }
 inline vec madd16(vec a, vec b) { return _mm512_madd_epi16(a, b); }
 inline vec unpacklo16(vec a, vec b) { return _mm512_unpacklo_epi16(a, b); }
 inline vec unpackhi16(vec a, vec b) { return _mm512_unpackhi_epi16(a, b); }
+inline vec unpacklo8(vec a, vec b) { return _mm512_unpacklo_epi8(a, b); }
+inline vec unpackhi8(vec a, vec b) { return _mm512_unpackhi_epi8(a, b); }
+inline vec set8(int8_t x) { return _mm512_set1_epi8(x); }
+inline vec add16(vec a, vec b) { return _mm512_add_epi16(a, b); }
+inline vec maddubs(vec u, vec s) { return _mm512_maddubs_epi16(u, s); }
+// VNNI: acc + the sum of the four products u8 * s8 of each 32-bit slot, exact (no saturation).
+inline vec dpbusd(vec acc, vec u, vec s) { return _mm512_dpbusd_epi32(acc, u, s); }
+template <int S> inline vec srli16(vec a) { return _mm512_srli_epi16(a, S); }
 template <int S> inline vec srli32(vec a) { return _mm512_srli_epi32(a, S); }
 template <int S> inline vec srai32(vec a) { return _mm512_srai_epi32(a, S); }
 template <int S> inline vec srli64(vec a) { return _mm512_srli_epi64(a, S); }
@@ -65,6 +73,12 @@ inline vec vxor(vec a, vec b) { return _mm256_xor_si256(a, b); }
 inline vec madd16(vec a, vec b) { return _mm256_madd_epi16(a, b); }
 inline vec unpacklo16(vec a, vec b) { return _mm256_unpacklo_epi16(a, b); }
 inline vec unpackhi16(vec a, vec b) { return _mm256_unpackhi_epi16(a, b); }
+inline vec unpacklo8(vec a, vec b) { return _mm256_unpacklo_epi8(a, b); }
+inline vec unpackhi8(vec a, vec b) { return _mm256_unpackhi_epi8(a, b); }
+inline vec set8(int8_t x) { return _mm256_set1_epi8(x); }
+inline vec add16(vec a, vec b) { return _mm256_add_epi16(a, b); }
+inline vec maddubs(vec u, vec s) { return _mm256_maddubs_epi16(u, s); }
+template <int S> inline vec srli16(vec a) { return _mm256_srli_epi16(a, S); }
 template <int S> inline vec srli32(vec a) { return _mm256_srli_epi32(a, S); }
 template <int S> inline vec srai32(vec a) { return _mm256_srai_epi32(a, S); }
 template <int S> inline vec srli64(vec a) { return _mm256_srli_epi64(a, S); }
@@ -107,49 +121,153 @@ inline void for_passes(const char* const* rows, int64_t nrows, const char* pad, 
     }
 }
 
+// As for_passes, and f[j] is row `ahead` rows further along stream j (its last row near the end):
+// for a software prefetch of the stream.
+template <class Pass>
+inline void for_passes_ahead(const char* const* rows, int64_t nrows, const char* pad, int64_t ahead, Pass&& pass) {
+    const int64_t q = nrows / kPassRows;
+    const char* p[kPassRows];
+    const char* f[kPassRows];
+    int64_t skew[kPassRows];
+    for (int j = 0; j < kPassRows; ++j) skew[j] = q > 0 ? (j * kStreamSkewRows) % q : 0;
+    for (int64_t r = 0; r < q; ++r) {
+        for (int j = 0; j < kPassRows; ++j) {
+            int64_t k = r + skew[j];
+            if (k >= q) k -= q;
+            p[j] = rows[j * q + k];
+            k += ahead;
+            if (k >= q) k -= q;
+            if (k >= q) k = q - 1;
+            f[j] = rows[j * q + k];
+        }
+        pass(p, f);
+    }
+    const int64_t rest = nrows - kPassRows * q;
+    if (rest > 0) {
+        for (int j = 0; j < kPassRows; ++j) f[j] = p[j] = j < rest ? rows[kPassRows * q + j] : pad;
+        pass(p, f);
+    }
+}
+
+inline void prefetch_line(const char* p) { __builtin_prefetch(p, 0, 3); }
+
+// An empty asm that the compiler must assume changes v: keeps a chain of adds into an
+// accumulator in program order. GCC otherwise reassociated the AVX2 lanes8 adds into a tree over
+// all of a pass's products at once, spilling ymm registers (16 of them) to the stack (-15%).
+inline void opaque(vec& v) { __asm__("" : "+v"(v)); }
+
 inline int32_t* words(int32_t* scratch, int64_t k) { return scratch + kWords * k; }
 
 // ---- 8-bit -------------------------------------------------------------------------------------
-// As lanes16 on the bytes widened to words (no bias: they fit int16): a pair's a^2 + b^2 is at
-// most 2 * 255^2 = 130050, so over a chunk (<= 2^15 + 8 padded rows: <= 2^14 + 4 pairs) the square
-// sums stay below 130050 * 16388 < 2^31 and the value sums below 2^23: one int32 slot each.
-// Scratch per vector of lanes: 4 vectors (value and square sums of the low and high unpack).
+// A block is one vector of bytes (kVecBytes lanes) of every row. Four 32-bit result slots per lane
+// group are built so that slot e of result vector k (k = 0..3) holds lane 16*(e/4) + 4k + e%4
+// (unpacks work per 128 bits). Per chunk (<= 2^15 + 8 padded rows) every slot stays in int32:
+//  - AVX-512 (VNNI): four rows' bytes transposed into each slot (a_l, b_l, c_l, d_l); vpdpbusd adds
+//    the four products u8 * s8 exactly. uint8: sum x = dot(x, 1), sum x^2 = dot(x, x - 128) +
+//    128 sum x, dot(x, x - 128) of four rows in [-16384, 129540], over <= 8194 steps
+//    |.| < 1.07e9 < 2^31; int8: sum x = dot(1, x), sum x^2 = dot(x + 128, x) - 128 sum x (same range).
+//  - AVX2: two rows' bytes interleaved (a_l, b_l); pmaddubsw against ones gives a_l + b_l per word
+//    (per pass of 8 rows <= 2040, widened once per pass) and the same pairs zero-extended to words,
+//    pmaddwd'ed with themselves, a_l^2 + b_l^2 <= 130050 (<= 16388 pairs: < 2.14e9 < 2^31). int8 is
+//    read as u = x + 128 (pad rows u = 0) and corrected at the end.
+// Sums of x are at most 255 * (2^15 + 8) < 2^23. Scratch per vector of lanes: 8 vectors (four
+// value sums and four square sums).
+#if defined(FM_SIMD_AVX512)
+constexpr bool kLanes8Vnni = true;
+#else
+constexpr bool kLanes8Vnni = false;
+#endif
+
 template <class T, class Acc>
 inline int64_t lanes8(const char* const* rows, int64_t nrows, int64_t lanes, int32_t* scratch,
                       char* pad, Acc* acc) {
     static_assert(sizeof(T) == 1);
     constexpr bool Signed = std::is_signed_v<T>;
-    constexpr int64_t per = kVecBytes / 2;  // lanes per vector of words
+    constexpr int64_t per = kVecBytes;  // lanes per block
     const int64_t blocks = lanes / per;
     if (blocks == 0) return 0;
-    std::memset(pad, 0, static_cast<size_t>(blocks * per));
-    for (int64_t i = 0; i < 4 * kWords * blocks; ++i) scratch[i] = 0;
-    const vec ones = set16(1);
-    for_passes(rows, nrows, pad, [&](const char* const* p) {
+    // Pad rows add nothing: x = 0 (VNNI) or u = 0, i.e. x = -128, for int8 (AVX2).
+    std::memset(pad, Signed && !kLanes8Vnni ? 0x80 : 0, static_cast<size_t>(blocks * per));
+    for (int64_t i = 0; i < 8 * kWords * blocks; ++i) scratch[i] = 0;
+    const vec ones8 = set8(1), bias8 = set8(static_cast<int8_t>(0x80)), zero = vzero();
+    // Each stream prefetched in software ~2 KiB ahead, once per cache line.
+    const int64_t ahead = std::max<int64_t>(1, 2048 / lanes);
+    for_passes_ahead(rows, nrows, pad, ahead, [&](const char* const* p, const char* const* f) {
         for (int64_t b = 0; b < blocks; ++b) {
-            vec s[2] = {vzero(), vzero()}, q[2] = {vzero(), vzero()};
-            for (int j = 0; j < kPassRows; j += 2) {
-                const vec r0 = widen8<Signed>(p[j] + per * b), r1 = widen8<Signed>(p[j + 1] + per * b);
-                const vec w[2] = {unpacklo16(r0, r1), unpackhi16(r0, r1)};
-                for (int k = 0; k < 2; ++k) {
-                    s[k] = add32(s[k], madd16(w[k], ones));
-                    q[k] = add32(q[k], madd16(w[k], w[k]));
+            if ((per * b) % 64 == 0)
+                for (int j = 0; j < kPassRows; ++j) prefetch_line(f[j] + per * b);
+            int32_t* a = words(scratch, 8 * b);
+            vec s[4], q[4];
+            if constexpr (kLanes8Vnni) {
+#if defined(FM_SIMD_AVX512)
+                for (int k = 0; k < 4; ++k) s[k] = vload(a + kWords * k), q[k] = vload(a + kWords * (4 + k));
+                for (int j = 0; j < kPassRows; j += 4) {
+                    const vec r0 = vload(p[j] + per * b), r1 = vload(p[j + 1] + per * b);
+                    const vec r2 = vload(p[j + 2] + per * b), r3 = vload(p[j + 3] + per * b);
+                    const vec lo01 = unpacklo8(r0, r1), hi01 = unpackhi8(r0, r1);
+                    const vec lo23 = unpacklo8(r2, r3), hi23 = unpackhi8(r2, r3);
+                    const vec x[4] = {unpacklo16(lo01, lo23), unpackhi16(lo01, lo23), unpacklo16(hi01, hi23),
+                                      unpackhi16(hi01, hi23)};
+                    for (int k = 0; k < 4; ++k) {
+                        const vec y = vxor(x[k], bias8);  // uint8: x - 128 as int8; int8: x + 128 as uint8
+                        if (Signed) {
+                            s[k] = dpbusd(s[k], ones8, x[k]);
+                            q[k] = dpbusd(q[k], y, x[k]);
+                        } else {
+                            s[k] = dpbusd(s[k], x[k], ones8);
+                            q[k] = dpbusd(q[k], x[k], y);
+                        }
+                    }
+                }
+#endif
+            } else {
+                // x = (a_{2m}, a_{2m+1}, b_{2m}, b_{2m+1}) bytes per 32-bit slot; its even and odd
+                // bytes zero-extended are (a_l, b_l) word pairs of lanes 2m and 2m + 1.
+                const vec m8 = set16(0x00ff), ones16 = set16(1);
+                vec s16[4] = {zero, zero, zero, zero};
+                for (int k = 0; k < 4; ++k) q[k] = zero;
+                // The low and high unpacks one after the other: 8 accumulators live, not 16 (AVX2
+                // has 16 registers; the interleaved loop spilled).
+                for (int h = 0; h < 2; ++h)
+                    for (int j = 0; j < kPassRows; j += 2) {
+                        vec r0 = vload(p[j] + per * b), r1 = vload(p[j + 1] + per * b);
+                        if (Signed) r0 = vxor(r0, bias8), r1 = vxor(r1, bias8);
+                        const vec x = h == 0 ? unpacklo16(r0, r1) : unpackhi16(r0, r1);
+                        const vec e = vand(x, m8), o = srli16<8>(x);
+                        s16[2 * h] = add16(s16[2 * h], e);  // <= 4 * 255 per word and pass
+                        s16[2 * h + 1] = add16(s16[2 * h + 1], o);
+                        q[2 * h] = add32(q[2 * h], madd16(e, e));
+                        q[2 * h + 1] = add32(q[2 * h + 1], madd16(o, o));
+                        opaque(s16[2 * h]), opaque(s16[2 * h + 1]), opaque(q[2 * h]), opaque(q[2 * h + 1]);
+                    }
+                for (int k = 0; k < 4; ++k) {
+                    s[k] = add32(vload(a + kWords * k), madd16(s16[k], ones16));
+                    q[k] = add32(vload(a + kWords * (4 + k)), q[k]);
                 }
             }
-            int32_t* a = words(scratch, 4 * b);
-            for (int k = 0; k < 2; ++k) {
-                vstore(a + kWords * (0 + k), add32(vload(a + kWords * (0 + k)), s[k]));
-                vstore(a + kWords * (2 + k), add32(vload(a + kWords * (2 + k)), q[k]));
-            }
+            for (int k = 0; k < 4; ++k) vstore(a + kWords * k, s[k]), vstore(a + kWords * (4 + k), q[k]);
         }
     });
-    for (int64_t b = 0; b < blocks; ++b)  // lane order as in lanes16
-        for (int k = 0; k < 2; ++k)
+    for (int64_t b = 0; b < blocks; ++b)
+        for (int k = 0; k < 4; ++k)
             for (int64_t e = 0; e < kWords; ++e) {
-                const int32_t* a = words(scratch, 4 * b);
-                const int64_t l = per * b + 8 * (e / 4) + 4 * k + e % 4;
-                acc[l].s1 += a[kWords * k + e];
-                acc[l].s2.add(static_cast<u128>(static_cast<uint32_t>(a[kWords * (2 + k) + e])));
+                const int32_t* a = words(scratch, 8 * b);
+                const int64_t l = kLanes8Vnni ? per * b + 16 * (e / 4) + 4 * k + e % 4
+                                              : per * b + 16 * (e / 4) + 8 * (k / 2) + 2 * (e % 4) + k % 2;
+                const int64_t sv = a[kWords * k + e], qv = a[kWords * (4 + k) + e];
+                int64_t s1, s2;
+                if (kLanes8Vnni) {
+                    s1 = sv;
+                    s2 = qv + (Signed ? -128 : 128) * sv;
+                } else if (Signed) {  // u = x + 128: sum x^2 = sum u^2 - 256 sum u + 16384 n
+                    s1 = sv - 128 * nrows;
+                    s2 = static_cast<int64_t>(static_cast<uint32_t>(qv)) - 256 * sv + 16384 * nrows;
+                } else {
+                    s1 = sv;
+                    s2 = static_cast<uint32_t>(qv);
+                }
+                acc[l].s1 += s1;
+                acc[l].s2.add(static_cast<u128>(s2));
             }
     return blocks * per;
 }
