@@ -118,7 +118,7 @@ EDGE = {
 
 @pytest.mark.parametrize("dtype", list(EDGE))
 @pytest.mark.parametrize("shape,axis", [((70_001,), None), ((3, 40_003), -1), ((40_003, 37), 0),
-                                         ((9, 70), 0)])
+                                         ((9, 70), 0), ((5_003, 130), 0)])
 def test_integer_extremes_exact_under_every_variant(dtype, shape, axis, monkeypatch):
     """Values at the type's limits (the split squares and int32/uint32 lane sums at their edge)
     and lengths that leave tails after every vector and half-stream loop."""
