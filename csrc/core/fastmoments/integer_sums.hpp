@@ -359,6 +359,8 @@ struct IntegerRun {
             b1[0] += t1;
             add_squares_total(b2[0], t2);
         }
+#endif
+#if defined(FM_SIMD_AVX2)
         if constexpr (Contig && sizeof(T) == 8) i = simd_int::run64_small<T>(p, n, b1[0], b2[0]);
 #endif
         if constexpr (kSplit) {

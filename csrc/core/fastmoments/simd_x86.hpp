@@ -176,32 +176,34 @@ inline int64_t run32(const char* p, int64_t n, int64_t& s1, u128& s2) {
 // the rest in wide integers) and returns the number of values done.
 template <class T>
 inline int64_t run64_small(const char* p, int64_t n, i128& s1, UInt192& s2) {
-    using namespace simd_lanes;
+    // 256-bit vectors in the AVX-512 variant too: zmm measured 0.56-0.64 of the read loop against
+    // 1.00 for ymm (kernel harness, int64 [-1000, 1000) runs).
     static_assert(sizeof(T) == 8);
     constexpr bool Signed = std::is_signed_v<T>;
-    constexpr int64_t kBlock = 256, per = kVecBytes / 8;
-    const vec off = set64(Signed ? (int64_t(1) << 25) : 0);
+    constexpr int64_t kBlock = 256;
+    const __m256i off = _mm256_set1_epi64x(Signed ? (int64_t(1) << 25) : 0);
     int64_t i = 0;
     int64_t t1 = 0;  // |.| < 2^41 for n <= 2^16
     u128 t2 = 0;
     for (; i + kBlock <= n; i += kBlock) {
         const char* b = p + 8 * i;
-        __builtin_prefetch(b + 4096, 0, 3), __builtin_prefetch(b + 4096 + 1024, 0, 3);
-        vec any = vzero(), s[2] = {vzero(), vzero()}, q[2] = {vzero(), vzero()};
-        for (int64_t j = 0; j < kBlock; j += 2 * per) {
-            const vec v0 = vload(b + 8 * j), v1 = vload(b + 8 * (j + per));
-            any = vor(any, vor(Signed ? add64(v0, off) : v0, Signed ? add64(v1, off) : v1));
-            s[0] = add64(s[0], v0), s[1] = add64(s[1], v1);
-            q[0] = add64(q[0], mul_i32(v0, v0)), q[1] = add64(q[1], mul_i32(v1, v1));
+        __m256i any = _mm256_setzero_si256(), s0 = any, s1v = any, q0 = any, q1 = any;
+        for (int64_t j = 0; j < kBlock; j += 8) {  // 64 bytes: one cache line, prefetched 4 KiB ahead
+            __builtin_prefetch(b + 8 * j + 4096, 0, 3);
+            const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 8 * j));
+            const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 8 * j + 32));
+            any = _mm256_or_si256(any, Signed ? _mm256_or_si256(_mm256_add_epi64(v0, off), _mm256_add_epi64(v1, off))
+                                              : _mm256_or_si256(v0, v1));
+            s0 = _mm256_add_epi64(s0, v0), s1v = _mm256_add_epi64(s1v, v1);
+            q0 = _mm256_add_epi64(q0, _mm256_mul_epi32(v0, v0)), q1 = _mm256_add_epi64(q1, _mm256_mul_epi32(v1, v1));
         }
-        alignas(64) uint64_t m[per];
-        vstore(m, srli64<Signed ? 26 : 25>(any));
-        uint64_t bad = 0;
-        for (int64_t e = 0; e < per; ++e) bad |= m[e];
-        if (bad != 0) break;
-        alignas(64) int64_t ts[per], tq[per];
-        vstore(ts, add64(s[0], s[1])), vstore(tq, add64(q[0], q[1]));
-        for (int64_t e = 0; e < per; ++e) t1 += ts[e], t2 += static_cast<u128>(tq[e]);
+        alignas(32) uint64_t m[4];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(m), _mm256_srli_epi64(any, Signed ? 26 : 25));
+        if ((m[0] | m[1] | m[2] | m[3]) != 0) break;
+        alignas(32) int64_t ts[4], tq[4];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(ts), _mm256_add_epi64(s0, s1v));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tq), _mm256_add_epi64(q0, q1));
+        for (int e = 0; e < 4; ++e) t1 += ts[e], t2 += static_cast<u128>(tq[e]);
     }
     s1 += t1;
     s2.add(t2);
