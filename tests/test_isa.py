@@ -38,7 +38,7 @@ def test_variant_names_and_selection():
         assert "avx2" in info["simd"]
     flags = _cpu_flags()
     if flags is not None and "avx512" in info["simd"]:
-        cpu_has = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= flags
+        cpu_has = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"} <= flags
         assert ("avx512" in info["simd_supported"]) == cpu_has
 
 
@@ -118,7 +118,7 @@ EDGE = {
 
 @pytest.mark.parametrize("dtype", list(EDGE))
 @pytest.mark.parametrize("shape,axis", [((70_001,), None), ((3, 40_003), -1), ((40_003, 37), 0),
-                                         ((9, 70), 0)])
+                                         ((9, 70), 0), ((5_003, 130), 0)])
 def test_integer_extremes_exact_under_every_variant(dtype, shape, axis, monkeypatch):
     """Values at the type's limits (the split squares and int32/uint32 lane sums at their edge)
     and lengths that leave tails after every vector and half-stream loop."""

@@ -2,7 +2,7 @@
 # build.sh SRCROOT OUTNAME isa
 here=$(cd "$(dirname "$0")" && pwd); src=$1; out=$2; isa=${3:-avx512}
 case $isa in
- avx512) T=(-DFM_ISA_TARGET="\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl\"" -DFM_ISA_AVX512);;
+ avx512) T=(-DFM_ISA_TARGET="\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni\"" -DFM_ISA_AVX512);;
  avx2) T=(-DFM_ISA_TARGET="\"avx2,fma,f16c\"" -DFM_ISA_AVX2);;
  baseline) T=();;
 esac

@@ -52,19 +52,46 @@ double run_fm(const char* p, const std::vector<int64_t>& shape, const std::vecto
     return tcpu() - t0;
 }
 
+template <class T>
+double run_int(const char* p, size_t nb, const std::string& mode, std::vector<MomentState>& out) {
+    const int64_t n = (int64_t)(nb / sizeof(T));
+    const int64_t w = sizeof(T) == 8 ? 64 : 256;
+    if (mode == "lanes") return run_fm<T>(p, {n / w, w}, {false, true}, out);
+    if (mode == "runs") return run_fm<T>(p, {n / w, w}, {false, false}, out);
+    if (mode == "rgb") return run_fm<T>(p, {n / (224 * 224 * 3), 224, 224, 3}, {false, false, false, true}, out);
+    if (mode == "rgbruns") return run_fm<T>(p, {n / (224 * 224 * 3), 224, 224, 3}, {false, false, false, false}, out);
+    if (mode == "jpeg") {  // (1,512,512,4) axis=-1, hot in cache: 64 passes over one 1 MiB image
+        double t = 0;
+        for (size_t o = 0; o < nb; o += 512 * 512 * 4) t += run_fm<T>(p, {1, 512, 512, 4}, {false, false, false, true}, out);
+        return t;
+    }
+    throw std::runtime_error("mode");
+}
+
 int main(int argc, char** argv) {
     std::string dt = argv[1], mode = argv[2];
     double gib = argc > 3 ? atof(argv[3]) : 0.5;
     int rep = argc > 4 ? atoi(argv[4]) : 5;
-    size_t es = dt == "f32" ? 4 : dt == "f64" ? 8 : 2;
+    const bool isint = dt[0] == 'u' || dt[0] == 'i';
+    size_t es = isint ? (dt == "u8" || dt == "i8" ? 1 : dt == "i16" ? 2 : dt == "i32" ? 4 : 8)
+                      : dt == "f32" ? 4 : dt == "f64" ? 8 : 2;
     size_t nb = (size_t)(gib * (1 << 30));
-    nb = mode == "nchw" ? nb / (64 * 128 * 128 * 8) * (64 * 128 * 128 * 8) : nb / 4096 * 4096;
-    char* buf = (char*)aligned_alloc(1 << 21, nb);
+    nb = mode == "nchw" ? nb / (64 * 128 * 128 * 8) * (64 * 128 * 128 * 8)
+       : mode == "rgb" || mode == "rgbruns" ? nb / (224 * 224 * 3) * (224 * 224 * 3)
+       : mode == "jpeg" ? 64 * 512 * 512 * 4 : nb / 4096 * 4096;
+    char* buf = (char*)aligned_alloc(1 << 21, (nb + (1 << 21)) / (1 << 21) * (1 << 21));
     madvise(buf, nb, MADV_HUGEPAGE);
     size_t n = nb / es;
     std::mt19937_64 g(1);
     double MEAN = getenv("MEAN") ? atof(getenv("MEAN")) : 1000, SD = getenv("SD") ? atof(getenv("SD")) : 10;
     std::normal_distribution<double> nd(MEAN, SD);
+    if (isint) {  // uniform over the type (int64: [-1000, 1000)), as bench_core
+        for (size_t i = 0; i < n; ++i) {
+            uint64_t r = g();
+            if (es == 8) r = (uint64_t)((int64_t)(r % 2000) - 1000);
+            memcpy(buf + i * es, &r, es);
+        }
+    } else
     for (size_t i = 0; i < n; ++i) {
         double dv = nd(g); float f = (float)dv;
         if (es == 4) ((float*)buf)[i] = f;
@@ -79,19 +106,27 @@ int main(int argc, char** argv) {
     double best_r = 1e9, best_k = 1e9; volatile uint64_t sink = 0;
     std::vector<MomentState> out;
     for (int r = 0; r < rep; ++r) {
-        double t0 = tcpu(); sink += read_loop((const unsigned char*)buf, nb); best_r = std::min(best_r, tcpu() - t0);
+        double t0 = tcpu();
+        if (mode == "jpeg") for (size_t o = 0; o < nb; o += 512 * 512 * 4) sink += read_loop((const unsigned char*)buf, 512 * 512 * 4);
+        else sink += read_loop((const unsigned char*)buf, nb);
+        best_r = std::min(best_r, tcpu() - t0);
         double t;
         if (dt == "f32") t = run_fm<float>(buf, shape, keep, out);
         else if (dt == "f64") t = run_fm<double>(buf, shape, keep, out);
         else if (dt == "f16") t = run_fm<half_bits>(buf, shape, keep, out);
-        else t = run_fm<bfloat16_bits>(buf, shape, keep, out);
+        else if (dt == "bf16") t = run_fm<bfloat16_bits>(buf, shape, keep, out);
+        else if (dt == "u8") t = run_int<uint8_t>(buf, nb, mode, out);
+        else if (dt == "i8") t = run_int<int8_t>(buf, nb, mode, out);
+        else if (dt == "i16") t = run_int<int16_t>(buf, nb, mode, out);
+        else if (dt == "i32") t = run_int<int32_t>(buf, nb, mode, out);
+        else t = run_int<int64_t>(buf, nb, mode, out);
         best_k = std::min(best_k, t);
     }
     double m = 0; for (auto& s : out) m += s.m2;
     uint64_t hsh = 1469598103934665603ull;
     for (auto& s : out) { uint64_t b[3]; memcpy(&b[0], &s.mean, 8); memcpy(&b[1], &s.m2, 8); memcpy(&b[2], &s.mean_lo, 8); for (auto v : b) hsh = (hsh ^ v) * 1099511628211ull; }
     printf("hash %016llx ", (unsigned long long)hsh);
-    if (getenv("REF")) {
+    if (getenv("REF") && !isint) {
         auto val = [&](size_t i) -> long double { if (es == 4) return ((float*)buf)[i]; if (es == 8) return ((double*)buf)[i];
             uint16_t h = ((uint16_t*)buf)[i]; if (dt == "bf16") { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
             return (long double)fastmoments::half_to_float(h); };

@@ -29,7 +29,8 @@ static bool has_avx512() {
     // cpuid flags only: __builtin_cpu_supports also checks that the OS saves the ZMM state (XCR0).
     __builtin_cpu_init();
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
 }
 #endif
 static bool always() { return true; }

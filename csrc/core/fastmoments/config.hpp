@@ -15,7 +15,7 @@
 #endif
 
 // The variant being compiled (CMake sets FM_ISA_AVX2 or FM_ISA_AVX512 with its target flags):
-// FM_SIMD_AVX2 where AVX2 intrinsics may be used (both), FM_SIMD_AVX512 for AVX-512 F/BW/DQ/VL.
+// FM_SIMD_AVX2 where AVX2 intrinsics may be used (both), FM_SIMD_AVX512 for AVX-512 F/BW/DQ/VL + VNNI.
 #if defined(FM_ISA_AVX512)
 #define FM_SIMD_AVX512 1
 #define FM_SIMD_AVX2 1

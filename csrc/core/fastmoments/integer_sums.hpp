@@ -352,10 +352,16 @@ struct IntegerRun {
         if constexpr (Contig && kSplit) {
             int64_t t1 = 0;
             u128 t2 = 0;
-            i = simd_int::run_split<T>(p, n, t1, t2);
+            if constexpr (sizeof(T) == 2)
+                i = simd_int::run16<T>(p, n, t1, t2);
+            else
+                i = simd_int::run32<T>(p, n, t1, t2);
             b1[0] += t1;
             add_squares_total(b2[0], t2);
         }
+#endif
+#if defined(FM_SIMD_AVX2)
+        if constexpr (Contig && sizeof(T) == 8) i = simd_int::run64_small<T>(p, n, b1[0], b2[0]);
 #endif
         if constexpr (kSplit) {
             constexpr Sq mask = (Sq(1) << kHalf) - 1;

@@ -60,6 +60,28 @@ public:
         }
     }
 
+    // out[k] = base + the offset of the next n positions, k = 0..n-1, and steps past them: a plain
+    // strided loop along the innermost axis (next() per row was ~20% of the uint8 lanes time on
+    // 256-byte rows: a store-forwarding chain through offset_).
+    void fill(const char* base, const char** out, int64_t n) {
+        if (axes_.empty()) {
+            for (int64_t k = 0; k < n; ++k) out[k] = base + offset_;
+            return;
+        }
+        const size_t last = axes_.size() - 1;
+        const int64_t stride = axes_[last].stride;
+        for (int64_t k = 0; k < n;) {
+            const int64_t run = std::min(n - k, axes_[last].size - index_[last]);
+            const char* p = base + offset_;
+            for (int64_t j = 0; j < run; ++j) out[k + j] = p + j * stride;
+            k += run;
+            index_[last] += run - 1;
+            offset_ += (run - 1) * stride;
+            out_ += (run - 1) * axes_[last].ostride;
+            next();
+        }
+    }
+
     int64_t offset() const { return offset_; }
     int64_t out() const { return out_; }
 
