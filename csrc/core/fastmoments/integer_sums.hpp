@@ -18,15 +18,15 @@
 #endif
 
 namespace fastmoments {
+inline namespace FM_ISA_NAMESPACE {
 
 // Exact integer sums of a set of integers (any integer type up to 64 bits, up to 2^62 values).
+// In the ISA namespace: its vectors and members are compiled once per variant (see wide_int.hpp).
 struct IntegerSums {
     int64_t count = 0;
     i128 s1 = 0;
     UInt192 s2;
 };
-
-inline namespace FM_ISA_NAMESPACE {
 
 inline IntegerSums combine(const IntegerSums& a, const IntegerSums& b) {
     IntegerSums r{a.count + b.count, a.s1 + b.s1, a.s2};

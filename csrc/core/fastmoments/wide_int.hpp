@@ -4,10 +4,17 @@
 #include <cmath>
 #include <cstdint>
 
+#include "config.hpp"
+
 namespace fastmoments {
 
 using u128 = unsigned __int128;
 using i128 = __int128;
+
+// In the ISA namespace (config.hpp), as every inline function: one copy per variant. Outside it,
+// the linker kept one variant's members for all (an ODR hazard) and the uint8 lanes path built its
+// IntegerSums vectors through an out-of-line UInt192 constructor called via the PLT.
+inline namespace FM_ISA_NAMESPACE {
 
 // Non-negative sum of up to 2^64 values below 2^128 (squares of 64-bit integers).
 struct UInt192 {
@@ -96,4 +103,5 @@ struct Int256 {
     }
 };
 
+}  // namespace FM_ISA_NAMESPACE
 }  // namespace fastmoments
