@@ -378,7 +378,7 @@ private:
 // they hold, NaN or infinite, does not count). The TF op runs this same driver.
 inline bool weights_per_output(int ndim, const int64_t* shape, const int64_t* wstrides, const bool* keep) {
     for (int i = 0; i < ndim; ++i)
-        if (!keep[i] && shape[i] > 1 && wstrides[i] != 0) return false;
+        if (shape[i] <= 0 || (!keep[i] && shape[i] > 1 && wstrides[i] != 0)) return false;  // empty: the plan's error
     return true;
 }
 
