@@ -117,6 +117,13 @@ FM_HOST_DEVICE inline WeightedState as_weighted(const MomentState& s) {
     return WeightedState{s.count, s.mean, s.m2, s.mean_lo, n, n};
 }
 
+// The state of the same values, each carrying the weight w > 0: the mean is unchanged, m2 and
+// the weight sums scale (wsum = n w, w2sum = n w^2).
+FM_HOST_DEVICE inline WeightedState as_weighted(const MomentState& s, double w) {
+    const double n = static_cast<double>(s.count);
+    return WeightedState{s.count, s.mean, s.m2 * w, s.mean_lo, n * w, n * w * w};
+}
+
 FM_HOST_DEVICE inline void set_mean(WeightedState& r, double base, double offset) {
     two_sum(base, offset, r.mean, r.mean_lo);
     if (r.mean - r.mean != 0.0) r.mean_lo = 0.0;

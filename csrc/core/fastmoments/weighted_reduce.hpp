@@ -415,15 +415,7 @@ inline Status reduce_per_output_weights(const void* data, DType dtype, int ndim,
     for (int64_t o = 0; o < outputs; ++o) {
         const double wo = w[static_cast<size_t>(o)];
         const MomentState& s = states[static_cast<size_t>(o)];
-        if (!(wo > 0.0) || s.count == 0) {
-            out[o] = WeightedState{};
-            continue;
-        }
-        WeightedState r = as_weighted(s);
-        r.m2 = s.m2 * wo;
-        r.wsum *= wo;
-        r.w2sum = r.w2sum * wo * wo;
-        out[o] = r;
+        out[o] = (wo > 0.0 && s.count > 0) ? as_weighted(s, wo) : WeightedState{};
     }
     return Status::Ok;
 }
