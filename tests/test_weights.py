@@ -129,16 +129,146 @@ def test_integer_weights_equal_repeated_rows(dtype, axis):
     assert rel(r.variance, plain.variance) <= 1e-12
 
 
-def test_integer_data_integer_weights_exact():
-    rng = np.random.default_rng(4)
-    x = rng.integers(-30000, 30000, (2000, 5)).astype(np.int16)
-    w = rng.integers(0, 100, x.shape)
-    r = fastmoments.compute(x, axis=-1, weights=w)
-    ref = exact_weighted_reference(x, w, -1)
-    # Not exact integer sums (see the README): float64 sums around the running mean, ~1 ulp.
-    assert np.max(np.abs(r.mean - ref.mean)) <= 1e-15 * 30000
-    assert rel(r.m2, ref.m2) <= 1e-15
-    np.testing.assert_array_equal(r.sum_weights, w.sum(axis=0))
+# ---- integer data with integer weights: exact sums ---------------------------------------------------
+
+INT_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64, np.bool_]
+
+
+def integer_data(rng, dtype, shape, values):
+    """Values over the whole range of the dtype (its extremes included), or small ones."""
+    if np.dtype(dtype) == np.bool_:
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    if values == "small":
+        return rng.integers(0, 50, shape).astype(dtype)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    x.flat[:4] = [info.min, info.max, info.max, info.min]
+    return x
+
+
+def weight_array(rng, form, shape):
+    """(compute keyword arguments, the weights as an array of the data's shape)."""
+    huge = form.startswith("huge")  # up to 2^62: the fast 64-bit sums cannot hold them
+    high = 1 << 62 if huge else 1000
+    if form.endswith("rows"):
+        w = rng.integers(0, high, shape[0])
+        return {"weights": w}, np.broadcast_to(w.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+    if form == "mask":
+        m = rng.random(shape) < 0.5
+        return {"where": m}, m
+    w = rng.integers(0, high, shape)
+    w[rng.random(shape) < 0.2] = 0
+    return {"weights": w}, w
+
+
+def check_exact_integer(r, x, w, axis):
+    """Exact sums rounded once: weight sums correctly rounded; mean and m2 within 2 ulp."""
+    ref = exact_weighted_reference(x, w, axis)
+    np.testing.assert_array_equal(np.asarray(r.count), ref.count)
+    np.testing.assert_array_equal(np.asarray(r.sum_weights, np.float64), ref.sum_weights)
+    np.testing.assert_array_equal(np.asarray(r.sum_weights_sq, np.float64), ref.sum_weights_sq)
+    live = ref.sum_weights > 0
+    assert rel(np.asarray(r.mean)[live], ref.mean[live]) <= 4.5e-16, (r.mean, ref.mean)
+    assert rel(np.asarray(r.m2)[live], ref.m2[live]) <= 4.5e-16, (r.m2, ref.m2)
+    assert np.all(np.isnan(np.asarray(r.mean)[~live]))
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("values", ["full", "small"])
+@pytest.mark.parametrize("form", ["rows", "elementwise", "mask", "huge_rows", "huge_elementwise"])
+def test_integer_weights_on_integer_data_are_exact(dtype, values, form):
+    rng = np.random.default_rng(abs(hash((np.dtype(dtype).name, values, form))) % 2**32)
+    x = integer_data(rng, dtype, (1500, 7), values)
+    kw, w = weight_array(rng, form, x.shape)
+    for axis in (-1, None, 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # rows of weight 0 under axis=0
+            check_exact_integer(fastmoments.compute(x, axis=axis, **kw), x, w, axis)
+    # Fortran order and a strided view take the strided loops.
+    check_exact_integer(fastmoments.compute(np.asfortranarray(x), axis=-1, **kw), x, w, -1)
+    check_exact_integer(fastmoments.compute(x[::2], axis=None,
+                                            **{k: v[::2] for k, v in kw.items()}), x[::2], w[::2], None)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("axis", [-1, None])
+def test_integer_weights_give_the_bits_of_repeated_rows(dtype, axis):
+    """Both are exact sums rounded by the same finish: the same bits, not just 1e-15."""
+    rng = np.random.default_rng(31)
+    x = rng.integers(-100 if np.dtype(dtype).kind == "i" else 0, 100, (4000, 9)).astype(dtype)
+    k = rng.integers(0, 6, x.shape[0])
+    got = fastmoments.compute(x, axis=axis, weights=k)
+    want = fastmoments.compute(np.repeat(x, k, axis=0), axis=axis)
+    np.testing.assert_array_equal(got.mean, want.mean)
+    np.testing.assert_array_equal(got.m2, want.m2)
+    np.testing.assert_array_equal(got.state.mean_lo, want.state.mean_lo)
+    np.testing.assert_array_equal(got.sum_weights, want.count)
+
+
+def test_integer_mask_gives_the_bits_of_the_kept_values():
+    rng = np.random.default_rng(32)
+    x = rng.integers(-30000, 30000, (3000, 11)).astype(np.int16)
+    m = rng.random(x.shape) < 0.3
+    got = fastmoments.compute(x, axis=None, where=m)
+    want = fastmoments.compute(x[m], axis=None)
+    assert (got.count, got.mean, got.m2) == (want.count, want.mean, want.m2)
+
+
+def test_integer_weights_per_output_beyond_2_53_stay_exact():
+    """One weight per output takes the unweighted kernel with the weight applied as a double,
+    exact only below 2^53: larger integer weights take the exact weighted kernel."""
+    rng = np.random.default_rng(33)
+    x = rng.integers(-100, 100, (1000, 4)).astype(np.int32)
+    w = np.array([[2**60 + 1, 3, 0, 2**53 + 1]], np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the output of weight 0
+        r = fastmoments.compute(x, axis=-1, weights=w)
+    check_exact_integer(r, x, np.broadcast_to(w, x.shape), -1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_integer_weights_exact_across_tasks(threads):
+    """Many tasks and chunks (lanes and runs), fast and wide sums mixed: same bits for every
+    thread count and the exact result."""
+    rng = np.random.default_rng(34)
+    x = rng.integers(-2**40, 2**40, (300_000, 5))
+    w = rng.integers(0, 1 << 20, x.shape)
+    w[:1000] = 1 << 40  # the first chunks need the wide sums
+    for axis in (-1, None):
+        r = fastmoments.compute(x, axis=axis, weights=w, threads=threads)
+        one = fastmoments.compute(x, axis=axis, weights=w, threads=1)
+        np.testing.assert_array_equal(r.mean, one.mean)
+        np.testing.assert_array_equal(r.m2, one.m2)
+    small = slice(0, 3000)
+    check_exact_integer(fastmoments.compute(x[small], axis=-1, weights=w[small], threads=threads),
+                        x[small], w[small], -1)
+
+
+def test_integer_weights_other_types():
+    rng = np.random.default_rng(35)
+    x = rng.integers(0, 200, (500, 3)).astype(np.uint8)
+    w = rng.integers(0, 100, 500)
+    want = fastmoments.compute(x, weights=w)
+    for wt in (np.int8, np.uint16, np.int32, np.uint64):
+        got = fastmoments.compute(x, weights=w.astype(wt))
+        np.testing.assert_array_equal(got.m2, want.m2)
+        np.testing.assert_array_equal(got.mean, want.mean)
+    # uint64 weights of 2^63 and more have no int64: float64 weights (not exact, still close).
+    big = np.full(500, 2**63 + 2**12, np.uint64)
+    r = fastmoments.compute(x, weights=big)
+    assert rel(r.mean, fastmoments.compute(x).mean) <= 1e-15
+    # Integer weights of float data stay float64 weights.
+    f = x.astype(np.float32)
+    assert rel(fastmoments.compute(f, weights=w).m2, want.m2) <= 1e-13
+    with pytest.raises(ValueError, match="non-negative"):
+        fastmoments.compute(x, weights=np.r_[w[:-1], -1].astype(np.int8))
+
+
+def test_int64_weight_code_needs_integer_data():
+    x = np.ones((4, 3), np.float32)
+    w = np.ones((4, 3), np.int64)
+    with pytest.raises(ValueError, match="integer data"):
+        _core.reduce_weighted(x, w, [False, True], 11, 3)
 
 
 # ---- NumPy's weighted estimators ------------------------------------------------------------------
@@ -381,19 +511,24 @@ def test_threads_give_identical_bits(layout):
     np.testing.assert_array_equal(a.state.mean_lo, b.state.mean_lo)
 
 
-@pytest.mark.parametrize("wdtype", [np.float64, np.float32, np.bool_, "rows"])
+@pytest.mark.parametrize("wdtype", [np.float64, np.float32, np.bool_, "rows", "int_rows", "int_elementwise"])
 @pytest.mark.parametrize("axis", [(-1,), ()])
 def test_isa_variants_give_identical_bits(wdtype, axis):
     rng = np.random.default_rng(9)
     x = (10 + rng.standard_normal((3001, 37))).astype(np.float32)
+    dcode = 11
     if wdtype == "rows":
         w = np.broadcast_to(rng.random((x.shape[0], 1)), x.shape)
         code = 0
+    elif wdtype in ("int_rows", "int_elementwise"):  # integer data: exact sums (int16 code 2)
+        x, dcode, code = rng.integers(-3000, 3000, x.shape).astype(np.int16), 2, 3
+        w = rng.integers(0, 9, (x.shape[0], 1) if wdtype == "int_rows" else x.shape)
+        w = np.broadcast_to(w, x.shape)
     else:
         w = (rng.random(x.shape) * 2).astype(wdtype)
         code = {np.float64: 0, np.float32: 1, np.bool_: 2}[wdtype]
     keep = [False, bool(axis)]
-    outs = [_core.reduce_weighted(x, w, keep, 11, code, False, 2, None, isa) for isa in supported_isas()]
+    outs = [_core.reduce_weighted(x, w, keep, dcode, code, False, 2, None, isa) for isa in supported_isas()]
     for other in outs[1:]:
         for a, b in zip(outs[0][:6], other[:6]):
             np.testing.assert_array_equal(a, b)

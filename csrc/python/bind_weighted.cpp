@@ -60,10 +60,10 @@ py::tuple reduce_weighted(py::array arr, py::array weights, std::vector<bool> ke
     for (int i = 0; i < ndim; ++i)
         if (weights.shape(i) != arr.shape(i))
             throw py::value_error("weights must have the data's shape (broadcast them first)");
-    if (weight_code < 0 || weight_code > static_cast<int>(WeightType::Mask))
+    if (weight_code < 0 || weight_code > static_cast<int>(WeightType::Int64))
         throw py::value_error("invalid weight code " + std::to_string(weight_code));
     const WeightType wtype = static_cast<WeightType>(weight_code);
-    const py::ssize_t witem = wtype == WeightType::Float64 ? 8 : wtype == WeightType::Float32 ? 4 : 1;
+    const py::ssize_t witem = wtype == WeightType::Mask ? 1 : wtype == WeightType::Float32 ? 4 : 8;
     if (weights.itemsize() != witem) throw py::type_error("weights itemsize does not match the weight code");
     const isa::Variant& variant = pick_variant(isa_name);
 
@@ -124,7 +124,8 @@ void register_weighted(py::module_& m) {
           py::arg("dtype_code"), py::arg("weight_code"), py::arg("nan_omit") = false, py::arg("threads") = 1,
           py::arg("poll") = py::none(), py::arg("isa") = "",
           "Per-output (count, mean, m2, mean_lo, sum_weights, sum_weights_sq, bad_weights) of `array` "
-          "weighted by `weights` (same shape; code 0 float64, 1 float32, 2 bool mask).");
+          "weighted by `weights` (same shape; code 0 float64, 1 float32, 2 bool mask, 3 int64: integer data "
+          "only, summed exactly).");
     m.def("combine_weighted", &combine_weighted_arrays, py::arg("count_a"), py::arg("mean_a"), py::arg("m2_a"),
           py::arg("mean_lo_a"), py::arg("sum_weights_a"), py::arg("sum_weights_sq_a"), py::arg("count_b"),
           py::arg("mean_b"), py::arg("m2_b"), py::arg("mean_lo_b"), py::arg("sum_weights_b"),

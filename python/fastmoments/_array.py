@@ -126,7 +126,7 @@ def weights_view(arr: np.ndarray, weights, where) -> Optional[np.ndarray]:
     mask = None if where is None else check_where(where, arr.shape)
     if weights is None:
         return mask
-    w = check_weights(weights, arr.shape)
+    w = check_weights(weights, arr.shape, arr.dtype)
     if mask is None:
         return w
     return np.where(mask, w, w.dtype.type(0))

@@ -118,9 +118,26 @@ def as_array(data: Any) -> np.ndarray:
     return arr
 
 
-# Weight storage the weighted kernel reads (``_core.reduce_weighted``'s weight codes); other
-# number types are converted to float64 (a copy of the weights, not of the data).
-WEIGHT_CODES = {np.dtype(np.float64): 0, np.dtype(np.float32): 1, np.dtype(np.bool_): 2}
+# Weight storage the weighted kernel reads (``_core.reduce_weighted``'s weight codes). int64
+# weights are summed exactly with integer data (``kernel_weights_dtype``); other number types are
+# converted (a copy of the weights, not of the data).
+WEIGHT_CODES = {np.dtype(np.float64): 0, np.dtype(np.float32): 1, np.dtype(np.bool_): 2,
+                np.dtype(np.int64): 3}
+
+
+def kernel_weights_dtype(weights: np.ndarray, data_dtype: Any = None) -> np.dtype:
+    """The type the kernel reads ``weights`` in: float64/float32/bool as they are (native byte
+    order); integer weights of integer (or bool) data as int64, which the kernel sums exactly
+    (uint64 weights of 2^63 and more as float64); everything else as float64."""
+    dt = weights.dtype
+    integer_data = data_dtype is not None and np.dtype(data_dtype).kind in "biu"
+    if dt.kind in "iu" and integer_data:
+        if dt == np.uint64 and weights.size and int(weights.max()) > np.iinfo(np.int64).max:
+            return np.dtype(np.float64)
+        return np.dtype(np.int64)
+    if dt in WEIGHT_CODES and dt.isnative and dt != np.int64:
+        return dt
+    return np.dtype(np.float64)
 
 
 def split_masked(data: Any, where: Any) -> Tuple[Any, Any]:
@@ -178,15 +195,17 @@ def check_where(where: Any, shape: Tuple[int, ...]) -> np.ndarray:
     return _broadcast(arr, shape, "where", rows=False)
 
 
-def check_weights(weights: Any, shape: Tuple[int, ...]) -> np.ndarray:
+def check_weights(weights: Any, shape: Tuple[int, ...], data_dtype: Any = None) -> np.ndarray:
     """``weights=``: non-negative finite numbers broadcastable to the data (a 1-D vector of
     length ``shape[0]`` weights the rows), as a view of the data's shape in a stored type the
-    kernel reads. The values are checked by the kernel as it reads them (one pass); a weight it
-    flags is named by :func:`weights_problem`. Small weight arrays are checked here at once."""
+    kernel reads (``kernel_weights_dtype`` for data of ``data_dtype``). The values are checked by
+    the kernel as it reads them (one pass); a weight it flags is named by
+    :func:`weights_problem`. Small weight arrays are checked here at once."""
     arr = np.asarray(weights)
     check_weights_dtype(arr.dtype)
-    if arr.dtype not in WEIGHT_CODES or not arr.dtype.isnative:
-        arr = arr.astype(np.float64)
+    target = kernel_weights_dtype(arr, data_dtype)
+    if arr.dtype != target:
+        arr = arr.astype(target)
     if arr.size <= 1 << 16:
         problem = weights_problem(arr)
         if problem:

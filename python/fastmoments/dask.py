@@ -185,7 +185,7 @@ def _weighted_state_array(da, darr, kept, reduced, weights, where, split_every, 
     w = None if weights is None else _aligned(da, weights, darr, "weights", rows=True)
     m = None if where is None else _aligned(da, where, darr, "where", rows=False)
     if w is not None and m is not None:
-        w = da.where(m, w.astype(np.float64), 0.0)
+        w = da.where(m, w, w.dtype.type(0))  # the array door's rule (_array.weights_view)
     chunks = tuple((1,) * len(c) if i in reduced else c for i, c in enumerate(darr.chunks))
     blocks = da.map_blocks(partial(_weighted_chunk_states, reduced=reduced, mask=mask,
                                    nan_policy=nan_policy, threads=threads),

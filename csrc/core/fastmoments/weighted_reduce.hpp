@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -21,11 +22,13 @@
 #include "reduce.hpp"
 #include "state.hpp"
 #include "weighted_chunks.hpp"
+#include "weighted_integer_sums.hpp"
 
 namespace fastmoments {
 
-// Stored type of the weights: float64, float32, or a boolean mask (where=).
-enum class WeightType : int { Float64 = 0, Float32 = 1, Mask = 2 };
+// Stored type of the weights: float64, float32, a boolean mask (where=), or int64 (integer
+// weights of integer data: exact sums, weighted_integer_sums.hpp).
+enum class WeightType : int { Float64 = 0, Float32 = 1, Mask = 2, Int64 = 3 };
 
 inline namespace FM_ISA_NAMESPACE {
 
@@ -82,9 +85,15 @@ inline PairPlan make_pair_plan(int ndim, const int64_t* shape, const int64_t* st
 constexpr int64_t kMaxWeightedChunkRows = 256;
 constexpr int64_t kMaxRunningChunkRows = 1024;
 
+// Integer data with integer weights or a mask is summed exactly (WeightedIntegerSums: no shifts,
+// one rounding per output in scatter); every other pair takes shifted float64 sums.
 template <class T, class Wt, bool Omit>
 class WeightedReducer {
 public:
+    static constexpr bool kExact = element_traits<T>::exact_integer &&
+                                   (std::is_same_v<Wt, int64_t> || std::is_same_v<Wt, bool>);
+    using Acc = std::conditional_t<kExact, WeightedIntegerSums, WeightedState>;
+
     WeightedReducer(const char* data, const char* weights, const PairPlan& plan)
         : data_(data + plan.base_offset), weights_(weights + plan.wbase_offset), plan_(plan) {
         Odometer cols(plan.columns), rows(plan.rows);
@@ -138,6 +147,7 @@ public:
     void compute_shifts() {
         const PairPlan& p = plan_;
         col_shift_.assign(static_cast<size_t>(ncols_ * width_), 0.0);
+        if constexpr (kExact) return;  // exact sums need no shift
         Odometer cols(p.columns), wcols(p.wcolumns);
         std::vector<int64_t> pending;
         for (int64_t c = 0; c < ncols_; ++c) {
@@ -190,7 +200,7 @@ public:
     // NaN or infinite (the states are then meaningless).
     Status run(WeightedState* out, bool* bad_weights, const ReduceOptions& opt) {
         compute_shifts();
-        std::vector<WeightedState> acc(static_cast<size_t>(ncols_ * width_));
+        std::vector<Acc> acc(static_cast<size_t>(ncols_ * width_), Acc{});
         const int64_t total = ncols_ * units_ * width_;
         const int threads = std::max(1, opt.threads);
         std::atomic<int64_t> done{0};
@@ -211,10 +221,10 @@ public:
             });
         } else {
             const int64_t ntasks = ncols_ * splits_;
-            std::vector<WeightedState> slots(static_cast<size_t>(std::min(kWaveTasks, ntasks) * width_));
+            std::vector<Acc> slots(static_cast<size_t>(std::min(kWaveTasks, ntasks) * width_), Acc{});
             for (int64_t w0 = 0; w0 < ntasks && !cancel.load(); w0 += kWaveTasks) {
                 const int64_t nw = std::min(kWaveTasks, ntasks - w0);
-                std::fill(slots.begin(), slots.begin() + nw * width_, WeightedState{});
+                std::fill(slots.begin(), slots.begin() + nw * width_, Acc{});
                 run_tasks(nw, workers, cancel, poll, [&](int64_t t, Worker& w) {
                     const int64_t task = w0 + t, c = task / splits_, s = task % splits_;
                     const int64_t u0 = s * units_per_task_, u1 = std::min(units_, u0 + units_per_task_);
@@ -241,12 +251,84 @@ private:
     class Worker {
     public:
         explicit Worker(const WeightedReducer& r)
-            : r_(r), rows_(r.later_units_), wrows_(r.later_units_), w_(r.later_units_),
-              row_lanes_(r.width_), elem_lanes_(r.width_) {}
+            : r_(r), rows_(r.later_units_), wrows_(r.later_units_), w_(kExact ? 0 : r.later_units_),
+              iw_(kExact ? r.later_units_ : 0), row_lanes_(kExact ? 0 : r.width_), elem_lanes_(kExact ? 0 : r.width_),
+              int_lanes_(kExact ? r.width_ : 0) {}
 
-        bool bad() const { return bad_ || elem_lanes_.bad; }
+        bool bad() const { return bad_ || elem_lanes_.bad || int_lanes_.bad; }
 
-        void column(int64_t c, int64_t u0, int64_t u1, WeightedState* acc) {
+        void column(int64_t c, int64_t u0, int64_t u1, Acc* acc) {
+            if constexpr (kExact) exact_column(c, u0, u1, acc);
+            else float_column(c, u0, u1, acc);
+        }
+
+    private:
+        // Integer data, integer weights: exact sums, chunk by chunk (any chunking gives the same sums).
+        void exact_column(int64_t c, int64_t u0, int64_t u1, WeightedIntegerSums* acc) {
+            const PairPlan& p = r_.plan_;
+            Odometer cols(p.columns), wcols(p.wcolumns), rows(p.rows), wrows(p.wrows);
+            if (p.lanes_mode) {
+                cols.seek(c / r_.lane_blocks_), wcols.seek(c / r_.lane_blocks_);
+                const int64_t lane0 = (c % r_.lane_blocks_) * kMaxLanes;
+                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
+                const char* base = r_.data_ + cols.offset() + lane0 * p.lane_stride;
+                const char* wbase = r_.weights_ + wcols.offset() + lane0 * p.wlane_stride;
+                rows.seek(u0), wrows.seek(u0);
+                for (int64_t r0 = u0; r0 < u1;) {
+                    const int64_t n = std::min(r_.later_units_, u1 - r0);
+                    r0 += n;
+                    if (p.wlane_stride == 0) {  // one weight per row: keep the rows of positive weight
+                        int64_t k = 0;
+                        for (int64_t i = 0; i < n; ++i, rows.next(), wrows.next()) {
+                            const int64_t w = integer_weight_at<Wt>(wbase + wrows.offset());
+                            bad_ = bad_ || w < 0;
+                            if (w > 0) rows_[k] = base + rows.offset(), iw_[k] = static_cast<uint64_t>(w), ++k;
+                        }
+                        int_lanes_.rows_chunk(rows_.data(), iw_.data(), k, width, p.lane_stride, acc);
+                    } else {
+                        for (int64_t i = 0; i < n; ++i, rows.next(), wrows.next())
+                            rows_[i] = base + rows.offset(), wrows_[i] = wbase + wrows.offset();
+                        int_lanes_.elements_chunk(rows_.data(), wrows_.data(), n, width, p.lane_stride, p.wlane_stride,
+                                                  acc);
+                    }
+                }
+            } else {
+                cols.seek(c), wcols.seek(c);
+                const char* base = r_.data_ + cols.offset();
+                const char* wbase = r_.weights_ + wcols.offset();
+                const int64_t L = p.run_length, st = p.run_stride, ws = p.wrun_stride;
+                rows.seek(u0 / L), wrows.seek(u0 / L);
+                int64_t pos = u0 % L;
+                for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_) {
+                    const int64_t n = std::min(u1, e0 + r_.chunk_units_) - e0;
+                    WeightedIntegerRun<T, Wt> k;
+                    auto walk = [&](Odometer& o, Odometer& wo, int64_t& q, bool wide) {
+                        for (int64_t left = n; left > 0;) {
+                            const int64_t m = std::min(left, L - q);
+                            const char* x = base + o.offset() + q * st;
+                            const char* w = wbase + wo.offset() + q * ws;
+                            if (wide) k.run_wide(x, w, m, st, ws);
+                            else k.run(x, w, m, st, ws);
+                            left -= m;
+                            q += m;
+                            if (q == L) q = 0, o.next(), wo.next();
+                        }
+                    };
+                    Odometer again(rows), wagain(wrows);
+                    int64_t again_pos = pos;
+                    walk(rows, wrows, pos, false);
+                    if (k.exact()) {
+                        k.add_fast_to(acc[0]);
+                        continue;
+                    }
+                    walk(again, wagain, again_pos, true);  // some sum may have wrapped: the wide sums
+                    k.sums.add_to(acc[0]);
+                    bad_ = bad_ || k.bad();
+                }
+            }
+        }
+
+        void float_column(int64_t c, int64_t u0, int64_t u1, WeightedState* acc) {
             const PairPlan& p = r_.plan_;
             Odometer cols(p.columns), wcols(p.wcolumns), rows(p.rows), wrows(p.wrows);
             const double* shift = &r_.col_shift_[static_cast<size_t>(c * r_.width_)];
@@ -317,17 +399,50 @@ private:
             }
         }
 
-    private:
+        // The float kernels' weight type: int64 weights reach them only with integer data,
+        // which takes exact_column (this keeps the float kernels' instantiations to their types).
+        using FloatWt = std::conditional_t<std::is_same_v<Wt, int64_t>, double, Wt>;
+
         const WeightedReducer& r_;
         std::vector<const char*> rows_, wrows_;
         std::vector<double> w_;
+        std::vector<uint64_t> iw_;
         RowWeightedLanes<T, Omit> row_lanes_;
-        ElementWeightedLanes<T, Wt, Omit> elem_lanes_;
+        ElementWeightedLanes<T, FloatWt, Omit> elem_lanes_;
+        WeightedIntegerLanes<T, Wt> int_lanes_;
         bool bad_ = false;
     };
 
+    void scatter(const std::vector<Acc>& acc, WeightedState* out) const {
+        if constexpr (kExact) exact_scatter(acc, out);
+        else float_scatter(acc, out);
+    }
+
+    // Exact sums -> output states: the lanes of one output add up, and each output rounds once.
+    void exact_scatter(const std::vector<WeightedIntegerSums>& acc, WeightedState* out) const {
+        const PairPlan& p = plan_;
+        std::vector<Acc> merged(static_cast<size_t>(p.out_size), Acc{});
+        Odometer cols(p.columns);
+        for (int64_t c = 0; c < ncols_; ++c) {
+            if (p.lanes_mode) {
+                cols.seek(c / lane_blocks_);
+                const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
+                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
+                for (int64_t l = 0; l < width; ++l) {
+                    const int64_t o = p.base_out + cols.out() + (lane0 + l) * p.lane_ostride;
+                    merged[o] = combine_weighted(merged[o], acc[static_cast<size_t>(c * width_ + l)]);
+                }
+            } else {
+                cols.seek(c);
+                const int64_t o = p.base_out + cols.out();
+                merged[o] = combine_weighted(merged[o], acc[static_cast<size_t>(c)]);
+            }
+        }
+        for (int64_t o = 0; o < p.out_size; ++o) out[o] = finish(merged[static_cast<size_t>(o)]);
+    }
+
     // Column states -> output states, back from the column shifts (no folding: one lane, one output).
-    void scatter(const std::vector<WeightedState>& acc, WeightedState* out) const {
+    void float_scatter(const std::vector<WeightedState>& acc, WeightedState* out) const {
         const PairPlan& p = plan_;
         Odometer cols(p.columns);
         auto state = [&](int64_t i) {
@@ -382,11 +497,13 @@ inline bool weights_per_output(int ndim, const int64_t* shape, const int64_t* ws
     return true;
 }
 
+// Integer weights above 2^53 have no exact double: this route (which applies a double) declines
+// them (returns false) and the exact weighted kernel takes the array.
 template <class Wt>
-inline Status reduce_per_output_weights(const void* data, DType dtype, int ndim, const int64_t* shape,
-                                        const int64_t* strides, const char* weights, const int64_t* wstrides,
-                                        const bool* keep, WeightedState* out, bool* bad_weights,
-                                        const ReduceOptions& opt) {
+inline bool reduce_per_output_weights(const void* data, DType dtype, int ndim, const int64_t* shape,
+                                      const int64_t* strides, const char* weights, const int64_t* wstrides,
+                                      const bool* keep, WeightedState* out, bool* bad_weights,
+                                      const ReduceOptions& opt, Status* status) {
     // The outputs in C order of the kept axes, as reduce() writes them, and their weights.
     std::vector<int64_t> size, wstride;
     for (int i = 0; i < ndim; ++i)
@@ -396,11 +513,15 @@ inline Status reduce_per_output_weights(const void* data, DType dtype, int ndim,
     std::vector<double> w(static_cast<size_t>(outputs));
     std::vector<int64_t> index(size.size(), 0);
     int64_t offset = 0;
+    *status = Status::Ok;
     for (int64_t o = 0; o < outputs; ++o) {
         w[static_cast<size_t>(o)] = weight_at<Wt>(weights + offset);
         if (!valid_weight(w[static_cast<size_t>(o)])) {
             *bad_weights = true;
-            return Status::Ok;
+            return true;
+        }
+        if constexpr (std::is_same_v<Wt, int64_t>) {
+            if (w[static_cast<size_t>(o)] > 0x1p53) return false;
         }
         for (size_t k = size.size(); k-- > 0;) {  // the next output: last kept axis fastest
             offset += wstride[k];
@@ -410,33 +531,43 @@ inline Status reduce_per_output_weights(const void* data, DType dtype, int ndim,
         }
     }
     std::vector<MomentState> states(static_cast<size_t>(outputs));
-    const Status st = reduce(data, dtype, ndim, shape, strides, keep, states.data(), opt);
-    if (st != Status::Ok) return st;
+    *status = reduce(data, dtype, ndim, shape, strides, keep, states.data(), opt);
+    if (*status != Status::Ok) return true;
     for (int64_t o = 0; o < outputs; ++o) {
         const double wo = w[static_cast<size_t>(o)];
         const MomentState& s = states[static_cast<size_t>(o)];
         out[o] = (wo > 0.0 && s.count > 0) ? as_weighted(s, wo) : WeightedState{};
     }
-    return Status::Ok;
+    return true;
 }
 
 // Reduces `data` weighted by `weights` (same shape, its own byte strides; 0 for broadcast axes)
 // over the axes with keep[i] == false. *bad_weights: some weight was negative, NaN or infinite.
+// Int64 weights need integer data (std::invalid_argument otherwise).
 inline Status reduce_weighted(const void* data, DType dtype, int ndim, const int64_t* shape, const int64_t* strides,
                               const void* weights, WeightType wtype, const int64_t* wstrides, const bool* keep,
                               WeightedState* out, bool* bad_weights, const ReduceOptions& opt) {
     const ExactFloatScope exact;  // the calling thread too (see float_env.hpp)
     const char* w = static_cast<const char*>(weights);
     *bad_weights = false;
+    const bool integer_data = visit_dtype(dtype, [](auto tag) { return element_traits<decltype(tag)>::exact_integer; });
+    if (wtype == WeightType::Int64 && !integer_data)
+        throw std::invalid_argument("int64 weights (exact integer sums) need integer data");
     if (weights_per_output(ndim, shape, wstrides, keep)) {
+        auto route = [&](auto wtag) {
+            Status st = Status::Ok;
+            return reduce_per_output_weights<decltype(wtag)>(data, dtype, ndim, shape, strides, w, wstrides, keep,
+                                                             out, bad_weights, opt, &st)
+                       ? std::optional<Status>(st) : std::nullopt;
+        };
+        std::optional<Status> st;
         switch (wtype) {
-            case WeightType::Float32:
-                return reduce_per_output_weights<float>(data, dtype, ndim, shape, strides, w, wstrides, keep, out, bad_weights, opt);
-            case WeightType::Mask:
-                return reduce_per_output_weights<bool>(data, dtype, ndim, shape, strides, w, wstrides, keep, out, bad_weights, opt);
-            default:
-                return reduce_per_output_weights<double>(data, dtype, ndim, shape, strides, w, wstrides, keep, out, bad_weights, opt);
+            case WeightType::Float32: st = route(float{}); break;
+            case WeightType::Mask: st = route(bool{}); break;
+            case WeightType::Int64: st = route(int64_t{}); break;
+            default: st = route(double{}); break;
         }
+        if (st) return *st;
     }
     const PairPlan plan = make_pair_plan(ndim, shape, strides, wstrides, keep);
     return visit_dtype(dtype, [&](auto tag) -> Status {
@@ -445,14 +576,21 @@ inline Status reduce_weighted(const void* data, DType dtype, int ndim, const int
         auto go = [&](auto wtag) -> Status {
             using Wt = decltype(wtag);
             if constexpr (!element_traits<T>::exact_integer) {
-                if (opt.nan_policy == NanPolicy::Omit)
-                    return WeightedReducer<T, Wt, true>(p, w, plan).run(out, bad_weights, opt);
+                if constexpr (std::is_same_v<Wt, int64_t>) {
+                    return Status::Ok;  // unreachable: refused above
+                } else {
+                    if (opt.nan_policy == NanPolicy::Omit)
+                        return WeightedReducer<T, Wt, true>(p, w, plan).run(out, bad_weights, opt);
+                    return WeightedReducer<T, Wt, false>(p, w, plan).run(out, bad_weights, opt);
+                }
+            } else {
+                return WeightedReducer<T, Wt, false>(p, w, plan).run(out, bad_weights, opt);
             }
-            return WeightedReducer<T, Wt, false>(p, w, plan).run(out, bad_weights, opt);
         };
         switch (wtype) {
             case WeightType::Float32: return go(float{});
             case WeightType::Mask: return go(bool{});
+            case WeightType::Int64: return go(int64_t{});
             default: return go(double{});
         }
     });

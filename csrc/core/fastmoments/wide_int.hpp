@@ -1,5 +1,6 @@
-// The few wide-integer operations the exact integer path needs: a 192-bit sum of squares of
-// 64-bit integers, and the signed 256-bit difference that turns exact sums into M2.
+// The few wide-integer operations the exact integer paths need: a 192-bit sum of squares of
+// 64-bit integers, and signed 256-bit sums, products and one rounded division that turn exact
+// sums (unweighted, or with integer weights) into M2.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -63,6 +64,68 @@ struct Int256 {
         return negative ? r.negated() : r;
     }
 
+    static Int256 of(i128 v) {
+        Int256 r;
+        r.w[0] = static_cast<uint64_t>(v);
+        r.w[1] = static_cast<uint64_t>(static_cast<u128>(v) >> 64);
+        r.w[2] = r.w[3] = v < 0 ? ~uint64_t{0} : 0;
+        return r;
+    }
+    static Int256 of_unsigned(u128 v) {
+        Int256 r;
+        r.w[0] = static_cast<uint64_t>(v);
+        r.w[1] = static_cast<uint64_t>(v >> 64);
+        return r;
+    }
+
+    // Exact a * b of two non-negative numbers below 2^128 and 2^64 (a 64-bit square times a
+    // weight: below 2^192).
+    static Int256 product_unsigned(u128 a, uint64_t b) {
+        const u128 lo = u128(static_cast<uint64_t>(a)) * b;
+        const u128 hi = u128(static_cast<uint64_t>(a >> 64)) * b;
+        Int256 r;
+        r.w[0] = static_cast<uint64_t>(lo);
+        const u128 mid = (lo >> 64) + static_cast<uint64_t>(hi);
+        r.w[1] = static_cast<uint64_t>(mid);
+        r.w[2] = static_cast<uint64_t>(mid >> 64) + static_cast<uint64_t>(hi >> 64);
+        return r;
+    }
+
+    Int256 operator+(const Int256& o) const {
+        Int256 r;
+        uint64_t carry = 0;
+        for (int i = 0; i < 4; ++i) {
+            const uint64_t s = w[i] + o.w[i];
+            const uint64_t c1 = s < w[i];
+            r.w[i] = s + carry;
+            carry = c1 | (r.w[i] < s);
+        }
+        return r;
+    }
+    Int256& operator+=(const Int256& o) { return *this = *this + o; }
+
+    // this * b modulo 2^256: the two's-complement product, exact whenever the true product fits
+    // in 256 bits (whatever the intermediate terms).
+    Int256 times(i128 b) const {
+        const Int256 bb = of(b);
+        Int256 r;
+        for (int i = 0; i < 4; ++i) {
+            uint64_t carry = 0;
+            for (int j = 0; i + j < 4; ++j) {
+                const u128 t = u128(w[i]) * bb.w[j] + r.w[i + j] + carry;
+                r.w[i + j] = static_cast<uint64_t>(t);
+                carry = static_cast<uint64_t>(t >> 64);
+            }
+        }
+        return r;
+    }
+
+    bool fits_i128() const {  // the top 129 bits all equal the sign bit
+        const uint64_t sign = negative() ? ~uint64_t{0} : 0;
+        return w[3] == sign && w[2] == sign && ((w[1] >> 63) != 0) == (sign != 0);
+    }
+    i128 low_i128() const { return static_cast<i128>((u128(w[1]) << 64) | w[0]); }
+
     Int256 operator-(const Int256& o) const {
         Int256 r;
         uint64_t borrow = 0;
@@ -102,6 +165,32 @@ struct Int256 {
         return std::ldexp(static_cast<double>(window), 64 * (top - 1));
     }
 };
+
+// this = q * d + r with q the quotient rounded to nearest (ties towards zero) and |r| <= d/2,
+// for d > 0 below 2^126 and |q| < 2^126 (a mean: the caller's sums guarantee it). Rounded
+// division of wide sums happens once per output, in a finish: a bitwise long division is enough.
+inline void divide_rounded(const Int256& a, u128 d, i128& q, i128& r) {
+    const bool negative = a.negative();
+    const Int256 mag = negative ? a.negated() : a;
+    u128 uq = 0, rem = 0;
+    if (mag.w[3] == 0 && mag.w[2] == 0) {
+        const u128 v = (u128(mag.w[1]) << 64) | mag.w[0];
+        uq = v / d;
+        rem = v % d;
+    } else {
+        for (int bit = 255; bit >= 0; --bit) {  // rem < d < 2^126: rem * 2 + 1 fits
+            rem = (rem << 1) | ((mag.w[bit / 64] >> (bit % 64)) & 1);
+            if (rem >= d) {
+                rem -= d;
+                if (bit < 128) uq |= u128(1) << bit;
+            }
+        }
+    }
+    i128 sq = static_cast<i128>(uq), sr = static_cast<i128>(rem);
+    if (2 * rem > d) sq += 1, sr -= static_cast<i128>(d);
+    q = negative ? -sq : sq;
+    r = negative ? -sr : sr;
+}
 
 }  // namespace FM_ISA_NAMESPACE
 }  // namespace fastmoments
