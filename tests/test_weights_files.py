@@ -76,6 +76,32 @@ def test_per_row_weights_match_in_memory_and_exact(tmp_path, small_blocks, axis,
     assert rel(got.sum_weights, ref.sum_weights) <= 1e-13
 
 
+@pytest.mark.parametrize("form", ["array", "file", "mask_and_weights"])
+def test_integer_weight_files_of_integer_data(tmp_path, small_blocks, form):
+    """Integer data and integer weights beside files: each block's sums are exact, blocks merge
+    by Chan's formula (~1 ulp), weight sums stay exact integers."""
+    rng = np.random.default_rng(12)
+    x = rng.integers(-30000, 30000, (301, 4, 3)).astype(np.int16)
+    w = rng.integers(0, 1000, x.shape[0]).astype(np.int32)
+    w[::7] = 0
+    paths = write_parts(tmp_path, x, [100, 101, 250])
+    np.save(tmp_path / "w.npy", w)
+    kw = {"weights": w if form == "array" else str(tmp_path / "w.npy")}
+    full = np.broadcast_to(w[:, None, None], x.shape).astype(np.int64)
+    if form == "mask_and_weights":
+        m = rng.random(x.shape) < 0.7
+        np.save(tmp_path / "m.npy", m)
+        kw["where"] = str(tmp_path / "m.npy")
+        full = np.where(m, full, 0)
+    for axis in (-1, None):
+        got = fastmoments.compute(paths, axis=axis, **kw)
+        ref = exact_weighted_reference(x, full, axis)
+        np.testing.assert_array_equal(np.asarray(got.count), ref.count)
+        np.testing.assert_array_equal(np.asarray(got.sum_weights, np.float64), ref.sum_weights)
+        assert rel(got.mean, ref.mean) <= 1e-15
+        assert rel(got.m2, ref.m2) <= 1e-15
+
+
 @pytest.mark.parametrize("axis", [-1, None, 0])
 def test_weight_files_give_the_same_bits_for_every_thread_count(tmp_path, small_blocks, axis):
     """Blocks are reduced by several workers at once and joined in block order."""
