@@ -135,6 +135,50 @@ def test_same_bits_as_compute(path, form):
             np.testing.assert_array_equal(np.asarray(g), np.where(empty, 0, w))
 
 
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("form", ["rows", "elementwise_int8", "mask_and_weights", "uint64_weights"])
+def test_integer_weights_of_integer_data_are_exact(path, mode, form):
+    """Integer weights of integer data reach the op as int64: exact sums, compute's bits (and the
+    exact reference to 2 ulp); uint64 weights, unchecked in a graph, are float64 weights."""
+    rng = np.random.default_rng(9)
+    x = rng.integers(-2**40, 2**40, (700, 3, 4))
+    kwargs = {
+        "rows": {"weights": rng.integers(0, 1000, 700)},
+        "elementwise_int8": {"weights": rng.integers(0, 100, x.shape).astype(np.int8)},
+        "mask_and_weights": {"weights": rng.integers(0, 9, (700, 1, 4)), "where": rng.random((3, 4)) < 0.6},
+        "uint64_weights": {"weights": rng.integers(0, 1000, 700).astype(np.uint64)},
+    }[form]
+    for axis in (-1, None):
+        got = run(mode, lambda t: fmtf.moment_state(t, axis, **kwargs), tf.constant(x))
+        want = fastmoments.compute(x, axis, **kwargs)
+        if form == "uint64_weights":  # float64 weights: ~1 ulp of compute's exact result
+            assert rel(np.asarray(got[2]), want.m2) <= 1e-15
+            continue
+        for g, w in zip(got, want.state.arrays):
+            np.testing.assert_array_equal(np.asarray(g), w)
+        wf = full(kwargs["weights"], x.shape).astype(np.int64)
+        if "where" in kwargs:
+            wf = np.where(np.broadcast_to(kwargs["where"], x.shape), wf, 0)
+        ref = exact_weighted_reference(x, wf, axis)
+        assert rel(np.asarray(got[1]), ref.mean) <= 4.5e-16
+        assert rel(np.asarray(got[2]), ref.m2) <= 4.5e-16
+
+
+def test_dataset_integer_weights_of_integer_data(path):
+    """Integer data and sample weights through dataset_moments: each batch exact, batches merged
+    by Chan's formula (~1 ulp), weight sums exact."""
+    rng = np.random.default_rng(10)
+    x = rng.integers(-30000, 30000, (500, 3)).astype(np.int16)
+    k = rng.integers(0, 4, 500).astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((x, k, k)).batch(37)
+    got = fmtf.dataset_moments(ds, sample_weight=True)
+    ref = exact_weighted_reference(x, full(k, x.shape).astype(np.int64), -1)
+    np.testing.assert_array_equal(got.sum_weights, ref.sum_weights)
+    spread = np.sqrt(ref.m2 / ref.sum_weights)  # a merge rounds the mean to the data's scale
+    assert np.all(np.abs(got.mean - ref.mean) <= 2e-16 * (np.abs(ref.mean) + spread))
+    assert rel(got.m2, ref.m2) <= 1e-15
+
+
 def test_op_and_fallback_give_the_same_bits():
     if not fmtf.op_info()["loaded"]:
         pytest.skip("op not loaded")

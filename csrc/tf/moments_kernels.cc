@@ -206,6 +206,7 @@ public:
             case tf::DT_DOUBLE: wtype = WeightType::Float64; witem = 8; break;
             case tf::DT_FLOAT: wtype = WeightType::Float32; witem = 4; break;
             case tf::DT_BOOL: wtype = WeightType::Mask; witem = 1; break;
+            case tf::DT_INT64: wtype = WeightType::Int64; witem = 8; break;  // integer x only (core's check)
             default:
                 ctx->CtxFailure(tf::errors::InvalidArgument("unsupported weight dtype ", tf::DataTypeString(w.dtype())));
                 return;
@@ -250,6 +251,9 @@ public:
                                               wstrides.data(), layout.keep.get(), states.data(), &bad, opt);
         } catch (const std::bad_alloc&) {
             ctx->CtxFailure(tf::errors::ResourceExhausted("fastmoments: out of memory"));
+            return;
+        } catch (const std::invalid_argument& e) {  // int64 weights of float data
+            ctx->CtxFailure(tf::errors::InvalidArgument(e.what()));
             return;
         }
         OP_REQUIRES(ctx, status == Status::Ok, tf::errors::Cancelled("fastmoments reduction cancelled"));

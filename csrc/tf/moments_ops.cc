@@ -128,14 +128,15 @@ REGISTER_OP("FastMoments>WeightedMoments")
     .Output("sum_weights_sq: double")
     .Output("bad_weights: bool")
     .Attr("T: {uint8, int8, int16, int32, int64, uint16, uint32, uint64, half, bfloat16, float, double, bool}")
-    .Attr("W: {float, double, bool}")
+    .Attr("W: {float, double, bool, int64}")
     .Attr("keep_axes: list(int) = [-1]")
     .Attr("nan_omit: bool = false")
     .Attr("threads: int = 0")
     .SetShapeFn(moments_shape)
     .Doc(R"doc(
 Per-index weighted state (count, mean, m2, mean_lo, sum_weights, sum_weights_sq) of `x` with
-`weights` (float or double: non-negative finite weights; bool: a mask, NumPy's where=) of x's rank,
+`weights` (float or double: non-negative finite weights; int64: non-negative integer weights of
+integer x, summed exactly; bool: a mask, NumPy's where=) of x's rank,
 each dimension x's or 1 (broadcast with stride 0, not copied). count: values of positive weight;
 mean = sum(w*x)/sum(w); m2 = sum(w*(x - mean)^2). The core's weighted driver, the kernel of
 fastmoments.compute(weights=, where=). bad_weights: some weight was negative, NaN or infinite

@@ -125,15 +125,14 @@ WEIGHT_CODES = {np.dtype(np.float64): 0, np.dtype(np.float32): 1, np.dtype(np.bo
                 np.dtype(np.int64): 3}
 
 
-def kernel_weights_dtype(weights: np.ndarray, data_dtype: Any = None) -> np.dtype:
-    """The type the kernel reads ``weights`` in: float64/float32/bool as they are (native byte
-    order); integer weights of integer (or bool) data as int64, which the kernel sums exactly
-    (uint64 weights of 2^63 and more as float64); everything else as float64."""
-    dt = weights.dtype
+def kernel_weights_dtype(wdtype: Any, data_dtype: Any = None, *, fits_int64: bool = True) -> np.dtype:
+    """The type the kernel reads weights of ``wdtype`` in: float64/float32/bool as they are
+    (native byte order); integer weights of integer (or bool) data as int64, which the kernel sums
+    exactly (``fits_int64=False``: uint64 weights of 2^63 or more, read as float64); everything
+    else as float64."""
+    dt = np.dtype(wdtype)
     integer_data = data_dtype is not None and np.dtype(data_dtype).kind in "biu"
-    if dt.kind in "iu" and integer_data:
-        if dt == np.uint64 and weights.size and int(weights.max()) > np.iinfo(np.int64).max:
-            return np.dtype(np.float64)
+    if dt.kind in "iu" and integer_data and (fits_int64 or dt != np.uint64):
         return np.dtype(np.int64)
     if dt in WEIGHT_CODES and dt.isnative and dt != np.int64:
         return dt
@@ -203,7 +202,8 @@ def check_weights(weights: Any, shape: Tuple[int, ...], data_dtype: Any = None) 
     :func:`weights_problem`. Small weight arrays are checked here at once."""
     arr = np.asarray(weights)
     check_weights_dtype(arr.dtype)
-    target = kernel_weights_dtype(arr, data_dtype)
+    big = arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max
+    target = kernel_weights_dtype(arr.dtype, data_dtype, fits_int64=not big)
     if arr.dtype != target:
         arr = arr.astype(target)
     if arr.size <= 1 << 16:

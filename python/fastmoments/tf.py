@@ -34,7 +34,7 @@ import tensorflow as tf
 from ._axes import AxisLike, normalize_keep_axes
 from ._checks import (aligned_shape, check_count, check_ddof, check_mask_value, check_nan_policy,
                       check_threads, check_weights, check_weights_dtype,
-                      check_where_dtype, default_threads)
+                      check_where_dtype, default_threads, kernel_weights_dtype)
 from ._array import bad_weights_message, reduce_ndarray, weighted_state
 from ._finish import finish, kernel_omits
 from ._moments import Moments, State as StateRecord
@@ -403,10 +403,19 @@ def _align_dynamic(w: tf.Tensor, x: tf.Tensor, rows: bool) -> tf.Tensor:
                                     tf.shape(w, out_type=tf.int32)], 0))
 
 
+def _kernel_weights(w: tf.Tensor, x_dtype: tf.DType) -> tf.Tensor:
+    """Weights in the type the op reads (``_checks.kernel_weights_dtype``: integer weights of
+    integer data as int64, summed exactly; other number types float64, a copy of the weights
+    only). uint64 weights, whose values a graph cannot check, are float64."""
+    target = kernel_weights_dtype(w.dtype.as_numpy_dtype, np.dtype(x_dtype.as_numpy_dtype),
+                                  fits_int64=w.dtype != tf.uint64)
+    return w if w.dtype == tf.as_dtype(target) else tf.cast(w, tf.as_dtype(target))
+
+
 def _weight_operand(x: tf.Tensor, weights: Any, where: Any) -> Tuple[tf.Tensor, Any]:
     """The one weight tensor the weighted op reads for ``weights=``/``where=`` (the rules of
     ``compute``'s, from ``_checks``): ``x``'s rank, each dimension ``x``'s or 1 (no broadcast
-    copy), float32/float64 weights or a bool mask; both given: the weights zeroed where masked,
+    copy), float32/float64/int64 weights or a bool mask; both given: the weights zeroed where masked,
     at the shape of the two. Also the eager NumPy weights that name a bad weight (or None)."""
     if x.shape.rank is None:
         raise ValueError("weights= and where= need an input of known rank")
@@ -429,8 +438,7 @@ def _weight_operand(x: tf.Tensor, weights: Any, where: Any) -> Tuple[tf.Tensor, 
             w = _to_rank(w, aligned_shape(tuple(w.shape.as_list()), shape, "weights", True), ndim)
         else:
             w = _align_dynamic(w, x, rows=True)
-        if w.dtype not in (tf.float32, tf.float64):
-            w = tf.cast(w, tf.float64)  # other number types: float64 (a copy of the weights only)
+        w = _kernel_weights(w, x.dtype)
     if w is None:
         return mask, None
     if mask is not None:
@@ -779,8 +787,7 @@ def _dataset_loop(keeps: Tuple[Tuple[int, ...], ...], paths: Optional[Tuple[Tupl
                     x = x.flat_values
                 if w is not None:
                     w = _align_leading(w, x.shape.rank)
-                    if w.dtype not in (tf.float32, tf.float64):
-                        w = tf.cast(w, tf.float64)
+                    w = _kernel_weights(w, x.dtype)
                 mask_value = weighting.mask_values[i]
                 if mask_value is not None:
                     mask = tf.not_equal(x, tf.constant(mask_value, x.dtype))
