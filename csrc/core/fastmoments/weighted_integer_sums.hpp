@@ -9,7 +9,7 @@
 // the wide sums.
 //
 // Speed: most chunks need none of that width. The kernels first sum a chunk in 64-bit words with
-// wrapping arithmetic (FastTerms: 32x32->64-bit products for 8/16-bit values, which vectorize),
+// wrapping arithmetic (FastTerms: 32x32->64-bit products, which vectorize),
 // keeping an upper bound of every weight and value magnitude (an OR of their bits), and accept the
 // sums when the bounds prove that no sum can have wrapped: sum(w) * max|x|^2 < 2^64 and so on
 // (fast_sums_exact). Otherwise the chunk is summed again in the wide types. Both give the same
@@ -49,9 +49,9 @@ inline WeightedIntegerSums combine_weighted(const WeightedIntegerSums& a, const 
 
 // Exact sums -> state, rounding once, as finish(IntegerSums) does with weight sums for counts:
 // m = round(S1/W), r = S1 - m*W (|r| <= W/2), A = sum(w*(x - m)^2) = S2 - m*(S1 + r) exactly,
-// mean = m + r/W and m2 = A - r^2/W. The subtraction loses at most a factor 2: with integer
-// values, every value of weight w lies at least |r/W| from the mean or is m itself, which gives
-// m2 >= W*(r/W)^2 = r^2/W, so A <= 2*m2.
+// mean = m + r/W and m2 = A - r^2/W. The subtraction loses at most a factor 2: the values are
+// integers, so each is m itself (|r/W| from the mean) or at least 1/2 >= |r/W| away from it,
+// which gives m2 >= W*(r/W)^2 = r^2/W, so A <= 2*m2.
 inline WeightedState finish(const WeightedIntegerSums& s) {
     WeightedState st;
     if (s.count == 0) return st;
