@@ -148,24 +148,17 @@ public:
         const PairPlan& p = plan_;
         col_shift_.assign(static_cast<size_t>(ncols_ * width_), 0.0);
         if constexpr (kExact) return;  // exact sums need no shift
-        Odometer cols(p.columns), wcols(p.wcolumns);
         std::vector<int64_t> pending;
         for (int64_t c = 0; c < ncols_; ++c) {
             double* sh = &col_shift_[static_cast<size_t>(c * width_)];
+            Cursor cur = cursor(c, 0);
             if (p.lanes_mode) {
-                cols.seek(c / lane_blocks_), wcols.seek(c / lane_blocks_);
-                const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
-                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
-                const char* base = data_ + cols.offset() + lane0 * p.lane_stride;
-                const char* wbase = weights_ + wcols.offset() + lane0 * p.wlane_stride;
-                pending.resize(static_cast<size_t>(width));
-                for (int64_t l = 0; l < width; ++l) pending[static_cast<size_t>(l)] = l;
-                Odometer rows(p.rows), wrows(p.wrows);
-                rows.seek(0), wrows.seek(0);
+                pending.resize(static_cast<size_t>(cur.width));
+                for (int64_t l = 0; l < cur.width; ++l) pending[static_cast<size_t>(l)] = l;
                 const int64_t n = std::min(units_, kShiftSearchRows);
-                for (int64_t r = 0; r < n && !pending.empty(); ++r, rows.next(), wrows.next()) {
-                    const char* row = base + rows.offset();
-                    const char* wrow = wbase + wrows.offset();
+                for (int64_t r = 0; r < n && !pending.empty(); ++r, cur.rows.next(), cur.wrows.next()) {
+                    const char* row = cur.base + cur.rows.offset();
+                    const char* wrow = cur.wbase + cur.wrows.offset();
                     size_t left = 0;
                     for (const int64_t l : pending) {
                         const double v = value_at<T>(row + l * p.lane_stride);
@@ -175,11 +168,7 @@ public:
                     pending.resize(left);
                 }
             } else {
-                cols.seek(c), wcols.seek(c);
-                Odometer rows(p.rows), wrows(p.wrows);
-                rows.seek(0), wrows.seek(0);
-                sh[0] = first_in_run(data_ + cols.offset(), weights_ + wcols.offset(), rows, wrows, 0,
-                                     std::min(units_, kShiftSearchValues));
+                sh[0] = first_in_run(cur.base, cur.wbase, cur.rows, cur.wrows, 0, std::min(units_, kShiftSearchValues));
             }
         }
     }
@@ -266,14 +255,11 @@ private:
         // Integer data, integer weights: exact sums, chunk by chunk (any chunking gives the same sums).
         void exact_column(int64_t c, int64_t u0, int64_t u1, WeightedIntegerSums* acc) {
             const PairPlan& p = r_.plan_;
-            Odometer cols(p.columns), wcols(p.wcolumns), rows(p.rows), wrows(p.wrows);
+            Cursor cur = r_.cursor(c, u0);
+            Odometer &rows = cur.rows, &wrows = cur.wrows;
+            const char *base = cur.base, *wbase = cur.wbase;
             if (p.lanes_mode) {
-                cols.seek(c / r_.lane_blocks_), wcols.seek(c / r_.lane_blocks_);
-                const int64_t lane0 = (c % r_.lane_blocks_) * kMaxLanes;
-                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
-                const char* base = r_.data_ + cols.offset() + lane0 * p.lane_stride;
-                const char* wbase = r_.weights_ + wcols.offset() + lane0 * p.wlane_stride;
-                rows.seek(u0), wrows.seek(u0);
+                const int64_t width = cur.width;
                 for (int64_t r0 = u0; r0 < u1;) {
                     const int64_t n = std::min(r_.later_units_, u1 - r0);
                     r0 += n;
@@ -293,12 +279,8 @@ private:
                     }
                 }
             } else {
-                cols.seek(c), wcols.seek(c);
-                const char* base = r_.data_ + cols.offset();
-                const char* wbase = r_.weights_ + wcols.offset();
                 const int64_t L = p.run_length, st = p.run_stride, ws = p.wrun_stride;
-                rows.seek(u0 / L), wrows.seek(u0 / L);
-                int64_t pos = u0 % L;
+                int64_t& pos = cur.pos;
                 for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_) {
                     const int64_t n = std::min(u1, e0 + r_.chunk_units_) - e0;
                     WeightedIntegerRun<T, Wt> k;
@@ -330,16 +312,13 @@ private:
 
         void float_column(int64_t c, int64_t u0, int64_t u1, WeightedState* acc) {
             const PairPlan& p = r_.plan_;
-            Odometer cols(p.columns), wcols(p.wcolumns), rows(p.rows), wrows(p.wrows);
             const double* shift = &r_.col_shift_[static_cast<size_t>(c * r_.width_)];
+            Cursor cur = r_.cursor(c, u0);
+            Odometer &rows = cur.rows, &wrows = cur.wrows;
+            const char *base = cur.base, *wbase = cur.wbase;
             if (p.lanes_mode) {
-                cols.seek(c / r_.lane_blocks_), wcols.seek(c / r_.lane_blocks_);
-                const int64_t lane0 = (c % r_.lane_blocks_) * kMaxLanes;
-                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
-                const char* base = r_.data_ + cols.offset() + lane0 * p.lane_stride;
-                const char* wbase = r_.weights_ + wcols.offset() + lane0 * p.wlane_stride;
+                const int64_t width = cur.width;
                 const bool contig = p.lane_stride == static_cast<int64_t>(sizeof(T));
-                rows.seek(u0), wrows.seek(u0);
                 for (int64_t r0 = u0; r0 < u1;) {
                     const int64_t n = std::min(r0 == u0 ? r_.chunk_units_ : r_.later_units_, u1 - r0);
                     r0 += n;
@@ -360,12 +339,8 @@ private:
                     }
                 }
             } else {
-                cols.seek(c), wcols.seek(c);
-                const char* base = r_.data_ + cols.offset();
-                const char* wbase = r_.weights_ + wcols.offset();
                 const int64_t L = p.run_length, st = p.run_stride, ws = p.wrun_stride;
-                rows.seek(u0 / L), wrows.seek(u0 / L);
-                int64_t pos = u0 % L;
+                int64_t& pos = cur.pos;
                 for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_) {
                     const int64_t n = std::min(u1, e0 + r_.chunk_units_) - e0;
                     WeightedRun<T, Wt, Omit> k;
@@ -412,6 +387,31 @@ private:
         WeightedIntegerLanes<T, Wt> int_lanes_;
         bool bad_ = false;
     };
+
+    // Where column c's values and weights start and how the walk goes on from unit u0: lanes mode
+    // (the `width` lanes of a column block, rows from row u0), run mode (position `pos` in the run
+    // of row u0 / run_length). Both column walks (exact and float) start here.
+    struct Cursor {
+        const char* base;
+        const char* wbase;
+        int64_t width;
+        Odometer rows, wrows;
+        int64_t pos;
+    };
+    Cursor cursor(int64_t c, int64_t u0) const {
+        const PairPlan& p = plan_;
+        Odometer cols(p.columns), wcols(p.wcolumns), rows(p.rows), wrows(p.wrows);
+        if (p.lanes_mode) {
+            cols.seek(c / lane_blocks_), wcols.seek(c / lane_blocks_);
+            const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
+            rows.seek(u0), wrows.seek(u0);
+            return Cursor{data_ + cols.offset() + lane0 * p.lane_stride, weights_ + wcols.offset() + lane0 * p.wlane_stride,
+                          std::min(kMaxLanes, p.lanes - lane0), rows, wrows, 0};
+        }
+        cols.seek(c), wcols.seek(c);
+        rows.seek(u0 / p.run_length), wrows.seek(u0 / p.run_length);
+        return Cursor{data_ + cols.offset(), weights_ + wcols.offset(), 1, rows, wrows, u0 % p.run_length};
+    }
 
     void scatter(const std::vector<Acc>& acc, WeightedState* out) const {
         if constexpr (kExact) exact_scatter(acc, out);
