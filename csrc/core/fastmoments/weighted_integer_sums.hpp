@@ -169,6 +169,16 @@ struct FastTerms {
             return static_cast<uint64_t>(static_cast<int32_t>(w)) * static_cast<uint64_t>(v * v);
         }
     }
+    // The same terms in 32-bit words, for narrow values whose weighted sums the caller knows to
+    // stay below 2^31 (twice the values per vector).
+    static uint32_t wx32(uint64_t w, T x) {
+        return static_cast<uint32_t>(static_cast<int32_t>(w) * static_cast<int32_t>(x));
+    }
+    static uint32_t wxx32(uint64_t w, T x) {
+        const int32_t v = static_cast<int32_t>(x);
+        const uint32_t a = static_cast<uint32_t>(v < 0 ? -v : v);
+        return static_cast<uint32_t>(w) * (a * a);
+    }
     // Bits that bound |x| (|x| <= bits + 1); 0 for narrow types.
     static uint64_t magnitude_bits(T x) {
         if constexpr (kNarrow) {
@@ -207,19 +217,37 @@ struct WeightedIntegerLanes {
     std::vector<Chunk> lane;
     // The fast sums per lane: count, sum(w), sum(w^2), sum(w*x), sum(w*x^2), OR of |x| and w bits.
     std::vector<uint64_t> cnt, sw, sw2, s1, s2, vbits, wbits;
+    std::vector<uint32_t> t1, t2;  // 32-bit sum(w*x) and sum(w*x^2) (narrow32 in rows_chunk)
     bool bad = false;
 
     explicit WeightedIntegerLanes(int64_t lanes)
         : lane(static_cast<size_t>(lanes), Chunk{}), cnt(static_cast<size_t>(lanes)), sw(cnt), sw2(cnt), s1(cnt),
-          s2(cnt), vbits(cnt), wbits(cnt) {}
+          s2(cnt), vbits(cnt), wbits(cnt), t1(static_cast<size_t>(lanes)), t2(t1) {}
 
     void rows_chunk(const char* const* rows, const uint64_t* w, int64_t nrows, int64_t lanes, int64_t ls,
                     WeightedIntegerSums* acc) {
         uint64_t rsw = 0, rsw2 = 0, rwbits = 0;  // one weight per row: the same for every lane
         for (int64_t i = 0; i < nrows; ++i) rsw += w[i], rsw2 += w[i] * w[i], rwbits |= w[i];
         clear(lanes);
-        if (ls == static_cast<int64_t>(sizeof(T))) fast_rows<true>(rows, w, nrows, lanes, ls);
-        else fast_rows<false>(rows, w, nrows, lanes, ls);
+        const bool contig = ls == static_cast<int64_t>(sizeof(T));
+        bool narrow32 = false;
+        if constexpr (Terms::kNarrow) {
+            // Every partial sum of w*x and w*x^2 below 2^31 (n * max w * max x^2, with small
+            // weights the common case: uint8 and weights up to ~30 over 1024 rows): 32-bit lanes.
+            narrow32 = u128(nrows) * rwbits * (Terms::kMaxAbs * Terms::kMaxAbs) < (u128(1) << 31);
+        }
+        if (narrow32) {
+            std::fill(t1.begin(), t1.begin() + lanes, 0u);
+            std::fill(t2.begin(), t2.begin() + lanes, 0u);
+            if (contig) fast_rows<true>(rows, w, nrows, lanes, ls, t1.data(), t2.data());
+            else fast_rows<false>(rows, w, nrows, lanes, ls, t1.data(), t2.data());
+            for (int64_t l = 0; l < lanes; ++l)
+                s1[l] = static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(t1[l]))), s2[l] = t2[l];
+        } else if (contig) {
+            fast_rows<true>(rows, w, nrows, lanes, ls, s1.data(), s2.data());
+        } else {
+            fast_rows<false>(rows, w, nrows, lanes, ls, s1.data(), s2.data());
+        }
         for (int64_t l = 0; l < lanes; ++l) {
             if (fast_sums_exact<T>(nrows, rsw, rwbits, vbits[l])) {
                 add_fast(acc[l], nrows, rsw, rsw2, l);
@@ -262,8 +290,10 @@ private:
     // Rows r, r + q, r + 2q, r + 3q per pass over the lanes (the lane sums are loaded and stored
     // once per four rows): four in-order streams, prefetched in software ~2 KiB ahead as the
     // float lanes kernels do (without it the loads stalled: 34% of the time on one load).
-    template <bool Contig>
-    void fast_rows(const char* const* rows, const uint64_t* w, int64_t nrows, int64_t lanes, int64_t ls) {
+    // A: uint64_t (the 64-bit sums) or uint32_t (narrow32 in rows_chunk).
+    template <bool Contig, class A>
+    void fast_rows(const char* const* rows, const uint64_t* w, int64_t nrows, int64_t lanes, int64_t ls, A* a1,
+                   A* a2) {
         const int64_t q = nrows / 4;
         const int64_t row_bytes = lanes * (Contig ? static_cast<int64_t>(sizeof(T)) : ls);
         const int64_t ahead = prefetch_rows(row_bytes);
@@ -276,25 +306,30 @@ private:
                     for (int64_t b = 0; b < row_bytes; b += kCacheLine) prefetch(f + b);
                 }
             }
-            fast_row4<Contig>(g, wg, lanes, ls, s1.data(), s2.data(), vbits.data());
+            fast_row4<Contig>(g, wg, lanes, ls, a1, a2, vbits.data());
         }
         for (int64_t i = 4 * q; i < nrows; ++i) {
             const char* r[4] = {rows[i], rows[i], rows[i], rows[i]};
             const uint64_t w1[4] = {w[i], 0, 0, 0};  // the row once: weight 0 adds nothing
-            fast_row4<Contig>(r, w1, lanes, ls, s1.data(), s2.data(), vbits.data());
+            fast_row4<Contig>(r, w1, lanes, ls, a1, a2, vbits.data());
         }
     }
-    template <bool Contig>
-    static void fast_row4(const char* const* rows, const uint64_t* w, int64_t lanes, int64_t ls,
-                          uint64_t* __restrict a1, uint64_t* __restrict a2, uint64_t* __restrict vb) {
+    template <bool Contig, class A>
+    static void fast_row4(const char* const* rows, const uint64_t* w, int64_t lanes, int64_t ls, A* __restrict a1,
+                          A* __restrict a2, uint64_t* __restrict vb) {
         const int64_t st = Contig ? static_cast<int64_t>(sizeof(T)) : ls;
         const char *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
         const uint64_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
         for (int64_t l = 0; l < lanes; ++l) {
             const T x0 = load_at<T>(r0 + l * st), x1 = load_at<T>(r1 + l * st);
             const T x2 = load_at<T>(r2 + l * st), x3 = load_at<T>(r3 + l * st);
-            a1[l] += (Terms::wx(w0, x0) + Terms::wx(w1, x1)) + (Terms::wx(w2, x2) + Terms::wx(w3, x3));
-            a2[l] += (Terms::wxx(w0, x0) + Terms::wxx(w1, x1)) + (Terms::wxx(w2, x2) + Terms::wxx(w3, x3));
+            if constexpr (sizeof(A) == 4) {
+                a1[l] += (Terms::wx32(w0, x0) + Terms::wx32(w1, x1)) + (Terms::wx32(w2, x2) + Terms::wx32(w3, x3));
+                a2[l] += (Terms::wxx32(w0, x0) + Terms::wxx32(w1, x1)) + (Terms::wxx32(w2, x2) + Terms::wxx32(w3, x3));
+            } else {
+                a1[l] += (Terms::wx(w0, x0) + Terms::wx(w1, x1)) + (Terms::wx(w2, x2) + Terms::wx(w3, x3));
+                a2[l] += (Terms::wxx(w0, x0) + Terms::wxx(w1, x1)) + (Terms::wxx(w2, x2) + Terms::wxx(w3, x3));
+            }
             if constexpr (!Terms::kNarrow)
                 vb[l] |= (Terms::magnitude_bits(x0) | Terms::magnitude_bits(x1)) |
                          (Terms::magnitude_bits(x2) | Terms::magnitude_bits(x3));
