@@ -246,12 +246,11 @@ typedef double v4d __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef int64_t v4i __attribute__((vector_size(32)));
 
-// What a run kernel prefetches beyond its own values (hints: no effect on any result): the
-// column's next run, as this one ends, and the run after that, touched as this one starts.
+// Where a run kernel's software prefetch goes past the end of its values (a hint: no effect on
+// any result): the column's next run.
 struct RunAhead {
-    const char* next = nullptr;   // the next run's first value (nullptr: none known)
-    int64_t next_half = 0;        // byte offset of the next run's second half (FloatRun::run)
-    const char* later = nullptr;  // the run after the next one
+    const char* next = nullptr;  // the next run's first value (nullptr: none known)
+    int64_t next_half = 0;       // byte offset of the next run's second half (FloatRun::run)
 };
 
 template <class T, bool Omit, bool Contig>
@@ -358,12 +357,9 @@ struct FloatRun {
             // Both halves prefetched in software ~4 KiB ahead, once per cache line: float32 NCHW
             // (64 KiB runs 4 MiB apart) 0.67 -> 0.78 of the read loop (Intel Xeon VM). Past its
             // end each half's prefetch goes on into the same half of the next run (else it is
-            // clamped to the run), and the run after that is touched as this one starts (its
-            // page walk and DRAM rows started early): after each jump the hardware prefetcher
-            // starts cold. Kernel harness, CPU clock, median of 7: 0.78 -> 0.85.
+            // clamped to the run): after each jump the hardware prefetcher starts cold.
             constexpr int64_t J = std::max<int64_t>(8, kCacheLine / es);  // values per line
             const int64_t last = (n - 1) * es, half = h * es, end = n * es;
-            if (ahead.later) prefetch(ahead.later), prefetch(ahead.later + ahead.next_half);
             int64_t j = 0;
             for (; j + J <= h; j += J) {
                 const int64_t a = j * es + kRunPrefetchBytes, b = half + a;

@@ -485,29 +485,22 @@ private:
                 FloatRun<T, Omit, Contig> k;
                 const double first = load_value(base + rows.offset() + pos * st);
                 k.start(std::isfinite(first) ? first : r_.first_finite_run(base, rows, pos, n));
-                // Runs of at least 4 KiB tell the kernel where the column goes on (RunAhead):
-                // the next run (past the chunk's end the next chunk's first; at the column's end
-                // the column's first again, a harmless hint) and the one after it (`after`, kept
-                // one position ahead of o).
+                // Runs of at least 4 KiB tell the kernel where the column goes on (RunAhead): the
+                // next run (past the chunk's end the next chunk's first; at the column's end the
+                // column's first again, a harmless hint).
                 const bool ahead = Contig && L * static_cast<int64_t>(sizeof(T)) >= kRunPrefetchBytes;
                 auto walk = [&](Odometer& o, int64_t& q) {
-                    Odometer after(o);
-                    if (ahead) after.next();
                     int64_t left = n;
                     while (left > 0) {
                         const int64_t m = std::min(left, L - q);
                         const char* run = base + o.offset() + q * st;
                         left -= m;
                         q += m;
-                        if (q == L) {
-                            q = 0, o.next();
-                            if (ahead) after.next();
-                        }
+                        if (q == L) q = 0, o.next();
                         RunAhead next;
                         if (ahead) {
                             const int64_t mn = std::min(L - q, left > 0 ? left : n);  // its values
-                            next = {base + o.offset() + q * st, (mn / 16) * 8 * static_cast<int64_t>(sizeof(T)),
-                                    base + after.offset()};
+                            next = {base + o.offset() + q * st, (mn / 16) * 8 * static_cast<int64_t>(sizeof(T))};
                         }
                         k.run(run, m, st, next);
                     }
