@@ -304,9 +304,9 @@ struct FloatRun {
         int64_t i = 0;
         // Parts side by side: in-order streams keep more loads in flight than one (axis=None
         // float32: two halves 0.93 of the read loop against one stream 0.87). Four parts for
-        // runs followed by a jump (float32 NCHW, 64 KiB runs 4 MiB apart, kernel harness: 0.88
-        // against 0.83 for two), two for a chunk of a long run (axis=None float32: 1.18 against
-        // 1.02 for four).
+        // runs followed by a jump (float32 NCHW, 64 KiB runs 4 MiB apart, kernel harness: 0.91
+        // against 0.84 for two; bench_core threads=1: 0.85-0.88), two for a chunk of a long run
+        // (axis=None float32: 1.18 against 1.02 for four).
         if constexpr (Contig && simd::Vd::kWidth > 1) {
             i = parts == 4 ? run_vectors<simd::Vd, 4>(p, n, ahead) : run_vectors<simd::Vd, 2>(p, n, ahead);
         } else {
