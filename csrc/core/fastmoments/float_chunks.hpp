@@ -57,7 +57,7 @@ inline bool poor_shift(double n, double s1, double s2) {
 
 constexpr int64_t kCacheLine = 64;
 constexpr int64_t kPrefetchBytes = 2048;  // software prefetch distance along a stream
-constexpr int64_t kRunPrefetchBytes = 4096;  // ... along a run's halves (2-8 KiB within noise)
+constexpr int64_t kRunPrefetchBytes = 4096;  // ... along a run's parts (2-8 KiB within noise)
 
 // A hint to bring the line at p into the caches; no effect on results. Any address is allowed
 // (a prefetch never faults).
@@ -246,6 +246,13 @@ typedef double v4d __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef int64_t v4i __attribute__((vector_size(32)));
 
+// Where a run kernel's software prefetch goes past the end of its values (a hint: no effect on
+// any result): the column's next run.
+struct RunAhead {
+    const char* next = nullptr;  // the next run's first value (nullptr: none known)
+    int64_t next_part = 0;       // bytes per part of the next run (FloatRun::run)
+};
+
 template <class T, bool Omit, bool Contig>
 struct FloatRun {
     v4d a1[4], a2[4], c[4];
@@ -289,23 +296,28 @@ struct FloatRun {
         }
     }
 
-    void run(const char* p, int64_t n, int64_t stride) {
+    // parts (2 or 4): the run's values are read in that many parts side by side, even parts
+    // into slots 0-7 and odd ones into 8-15 (the caller's choice, part of the result's bits).
+    // ahead: the runs read after this one, for the software prefetch (see run_vectors).
+    void run(const char* p, int64_t n, int64_t stride, int parts = 2, RunAhead ahead = {}) {
         const v4d s = {sh, sh, sh, sh};
         int64_t i = 0;
-        // Two halves side by side: two in-order streams keep more loads in flight than one
-        // (axis=None float32: median 0.93 of the read loop against 0.87).
+        // Parts side by side: in-order streams keep more loads in flight than one (axis=None
+        // float32: two halves 0.93 of the read loop against one stream 0.87). Four parts for
+        // runs followed by a jump (float32 NCHW, 64 KiB runs 4 MiB apart, kernel harness: 0.91
+        // against 0.84 for two; bench_core threads=1: 0.85-0.88), two for a chunk of a long run
+        // (axis=None float32: 1.18 against 1.02 for four).
         if constexpr (Contig && simd::Vd::kWidth > 1) {
-            i = run_vectors<simd::Vd>(p, n);
+            i = parts == 4 ? run_vectors<simd::Vd, 4>(p, n, ahead) : run_vectors<simd::Vd, 2>(p, n, ahead);
         } else {
             if (n >= 64) {
-                const int64_t h = (n / 16) * 8;  // two halves of whole 8-value steps
-                for (int64_t j = 0; j < h; j += 8) {
-                    add(quad(p, j, stride) - s, 0);
-                    add(quad(p, j + 4, stride) - s, 1);
-                    add(quad(p, h + j, stride) - s, 2);
-                    add(quad(p, h + j + 4, stride) - s, 3);
-                }
-                i = 2 * h;
+                const int64_t q = (n / (8 * parts)) * 8;  // parts of whole 8-value steps
+                for (int64_t j = 0; j < q; j += 8)
+                    for (int k = 0; k < parts; ++k) {
+                        add(quad(p, k * q + j, stride) - s, (k & 1) * 2);
+                        add(quad(p, k * q + j + 4, stride) - s, (k & 1) * 2 + 1);
+                    }
+                i = parts * q;
             }
             for (; i + 16 <= n; i += 16)
                 for (int u = 0; u < 4; ++u) add(quad(p, i + 4 * u, stride) - s, u);
@@ -323,8 +335,8 @@ struct FloatRun {
 
     // The loops of run() with the variant's vectors over the same 16 accumulator slots (slot
     // u*4 + k of a1[u][k] gets the same values in the same order): returns the values done.
-    template <class V>
-    int64_t run_vectors(const char* p, int64_t n) {
+    template <class V, int Parts>
+    int64_t run_vectors(const char* p, int64_t n, RunAhead ahead) {
         constexpr int W = V::kWidth, K = 16 / W;
         constexpr int64_t es = sizeof(T);
         double b1[16], b2[16], bc[16];
@@ -341,23 +353,32 @@ struct FloatRun {
         };
         int64_t i = 0;
         if (n >= 64) {
-            const int64_t h = (n / 16) * 8;
+            const int64_t q = (n / (8 * Parts)) * 8;
             auto step = [&](int64_t j) {
-                for (int k = 0; k < 8 / W; ++k) put(V::template load<T>(p + (j + k * W) * es) - s, k);
-                for (int k = 0; k < 8 / W; ++k) put(V::template load<T>(p + (h + j + k * W) * es) - s, 8 / W + k);
+                for (int u = 0; u < Parts; ++u)
+                    for (int k = 0; k < 8 / W; ++k)
+                        put(V::template load<T>(p + (u * q + j + k * W) * es) - s, (u & 1) * (8 / W) + k);
             };
-            // Both halves prefetched in software ~4 KiB ahead, once per cache line (clamped to
-            // the run): float32 NCHW (64 KiB runs) 0.67 -> 0.8x of the read loop (Intel Xeon VM).
+            // Each part prefetched in software ~4 KiB ahead, once per cache line: float32 NCHW
+            // (64 KiB runs 4 MiB apart, two halves) 0.67 -> 0.78 of the read loop (Intel Xeon
+            // VM). Past its end a part's prefetch goes on into the same part of the next run
+            // (else it is clamped to the run): after each jump the hardware prefetcher starts
+            // cold (two halves: 0.76-0.79 -> 0.80-0.82 in bench_core, threads=1, CPU clock).
             constexpr int64_t J = std::max<int64_t>(8, kCacheLine / es);  // values per line
-            const int64_t last = (n - 1) * es;
+            const int64_t last = (n - 1) * es, qb = q * es;
             int64_t j = 0;
-            for (; j + J <= h; j += J) {
-                prefetch(p + std::min(j * es + kRunPrefetchBytes, last));
-                prefetch(p + std::min((h + j) * es + kRunPrefetchBytes, last));
+            for (; j + J <= q; j += J) {
+                const int64_t a = j * es + kRunPrefetchBytes;
+                for (int u = 0; u < Parts; ++u) {
+                    if (a >= qb && ahead.next)
+                        prefetch(ahead.next + u * ahead.next_part + (a - qb));
+                    else
+                        prefetch(p + std::min(u * qb + a, last));
+                }
                 for (int64_t u = 0; u < J; u += 8) step(j + u);
             }
-            for (; j < h; j += 8) step(j);
-            i = 2 * h;
+            for (; j < q; j += 8) step(j);
+            i = Parts * q;
         }
         for (; i + 16 <= n; i += 16)
             for (int k = 0; k < K; ++k) put(V::template load<T>(p + (i + k * W) * es) - s, k);

@@ -485,14 +485,28 @@ private:
                 FloatRun<T, Omit, Contig> k;
                 const double first = load_value(base + rows.offset() + pos * st);
                 k.start(std::isfinite(first) ? first : r_.first_finite_run(base, rows, pos, n));
+                // A run read to its end is followed by a jump (the column's next run): it is read
+                // in four parts, a chunk of a longer run in two (FloatRun::run). Runs of at least
+                // 4 KiB also tell the kernel where the column goes on (RunAhead): the next run
+                // (past the chunk's end the next chunk's first; at the column's end the column's
+                // first again, a harmless hint).
+                const bool ahead = Contig && L * static_cast<int64_t>(sizeof(T)) >= kRunPrefetchBytes;
                 auto walk = [&](Odometer& o, int64_t& q) {
                     int64_t left = n;
                     while (left > 0) {
                         const int64_t m = std::min(left, L - q);
-                        k.run(base + o.offset() + q * st, m, st);
+                        const char* run = base + o.offset() + q * st;
                         left -= m;
                         q += m;
+                        const int parts = q == L ? 4 : 2;
                         if (q == L) q = 0, o.next();
+                        RunAhead next;
+                        if (ahead) {
+                            const int64_t mn = std::min(L - q, left > 0 ? left : n);  // its values
+                            const int64_t np = q + mn == L ? 4 : 2;
+                            next = {base + o.offset() + q * st, (mn / (8 * np)) * 8 * static_cast<int64_t>(sizeof(T))};
+                        }
+                        k.run(run, m, st, parts, next);
                     }
                 };
                 const Odometer start(rows);
