@@ -22,6 +22,7 @@
 
 #include "dtypes.hpp"
 #include "float_chunks.hpp"  // prefetch, prefetch_rows
+#include "integer_sums.hpp"  // set_exact_moments
 #include "state.hpp"
 #include "wide_int.hpp"
 
@@ -47,27 +48,15 @@ inline WeightedIntegerSums combine_weighted(const WeightedIntegerSums& a, const 
     return r;
 }
 
-// Exact sums -> state, rounding once, as finish(IntegerSums) does with weight sums for counts:
-// m = round(S1/W), r = S1 - m*W (|r| <= W/2), A = sum(w*(x - m)^2) = S2 - m*(S1 + r) exactly,
-// mean = m + r/W and m2 = A - r^2/W. The subtraction loses at most a factor 2: the values are
-// integers, so each is m itself (|r/W| from the mean) or at least 1/2 >= |r/W| away from it,
-// which gives m2 >= W*(r/W)^2 = r^2/W, so A <= 2*m2.
+// Exact sums -> state, rounding once (set_exact_moments: the rule of the unweighted exact path,
+// with the weight sum for the count).
 inline WeightedState finish(const WeightedIntegerSums& s) {
     WeightedState st;
     if (s.count == 0) return st;
-    i128 m = 0, r = 0;
-    divide_rounded(s.s1, s.w, m, r);
-    const double a = (s.s2 - (s.s1 + Int256::of(r)).times(m)).to_double();
-    const double wd = static_cast<double>(s.w);
-    const double rd = static_cast<double>(r);
-    const double mh = static_cast<double>(m);
-    const double ml = static_cast<double>(m - static_cast<i128>(mh));  // exact: |m - mh| <= 2^11
     st.count = s.count;
-    st.wsum = wd;
+    st.wsum = static_cast<double>(s.w);
     st.w2sum = Int256::from(s.w2).to_double();
-    set_mean(st, mh, ml + rd / wd);
-    st.m2 = a - rd * rd / wd;
-    if (st.m2 < 0.0) st.m2 = 0.0;
+    set_exact_moments(st, s.s1, s.s2, s.w);
     return st;
 }
 
@@ -179,6 +168,22 @@ struct FastTerms {
         const uint32_t a = static_cast<uint32_t>(v < 0 ? -v : v);
         return static_cast<uint32_t>(w) * (a * a);
     }
+    // One value of weight wt into the fast sums (count, sum w, sum w^2, sum w*x, sum w*x^2, the
+    // OR of magnitudes of values of nonzero weight, the OR of weights). Unit: a mask (no w^2 or
+    // weight bits: they are 1). The per-value step of the elements lanes and of the runs.
+    template <bool Unit>
+    static void add(uint64_t wt, T x, uint64_t& c, uint64_t& a0, uint64_t& q, uint64_t& a1, uint64_t& a2,
+                    uint64_t& vb, uint64_t& wb) {
+        c += wt != 0;
+        a0 += wt;
+        if constexpr (!Unit) {
+            q += wt * wt;
+            wb |= wt;  // a negative weight sets the top bit: never accepted
+        }
+        a1 += wx(wt, x);
+        a2 += wxx(wt, x);
+        if constexpr (!kNarrow) vb |= wt != 0 ? magnitude_bits(x) : 0;
+    }
     // Bits that bound |x| (|x| <= bits + 1); 0 for narrow types.
     static uint64_t magnitude_bits(T x) {
         if constexpr (kNarrow) {
@@ -207,6 +212,15 @@ inline bool fast_sums_exact(int64_t n, uint64_t sw, uint64_t wbits, uint64_t vbi
     return u128(sw) * a < (kTop >> 1) && a * a < kTop && u128(sw) * (a * a) < kTop;
 }
 
+// Fast sums that fast_sums_exact accepted, into the wide sums (s1 two's complement).
+inline void add_fast_sums(WeightedIntegerSums& a, int64_t count, uint64_t w, uint64_t w2, uint64_t s1, uint64_t s2) {
+    a.count += count;
+    a.w += w;
+    a.w2.add(static_cast<u128>(w2));
+    a.s1 += Int256::of(static_cast<int64_t>(s1));
+    a.s2 += Int256::of_unsigned(s2);
+}
+
 // The lanes kernels: a chunk of rows, each of `lanes` values (stride ls) with one weight per row
 // (rows of zero weight dropped by the caller: w[i] > 0) or one weight per value (wrows, stride
 // wls). `bad`: a negative weight was read.
@@ -214,14 +228,13 @@ template <class T, class Wt>
 struct WeightedIntegerLanes {
     using Chunk = WeightedIntegerChunk<T, std::is_same_v<Wt, bool>>;
     using Terms = FastTerms<T>;
-    std::vector<Chunk> lane;
     // The fast sums per lane: count, sum(w), sum(w^2), sum(w*x), sum(w*x^2), OR of |x| and w bits.
     std::vector<uint64_t> cnt, sw, sw2, s1, s2, vbits, wbits;
     std::vector<uint32_t> t1, t2;  // 32-bit sum(w*x) and sum(w*x^2) (narrow32 in rows_chunk)
     bool bad = false;
 
     explicit WeightedIntegerLanes(int64_t lanes)
-        : lane(static_cast<size_t>(lanes), Chunk{}), cnt(static_cast<size_t>(lanes)), sw(cnt), sw2(cnt), s1(cnt),
+        : cnt(static_cast<size_t>(lanes)), sw(cnt), sw2(cnt), s1(cnt),
           s2(cnt), vbits(cnt), wbits(cnt), t1(static_cast<size_t>(lanes)), t2(t1) {}
 
     void rows_chunk(const char* const* rows, const uint64_t* w, int64_t nrows, int64_t lanes, int64_t ls,
@@ -250,7 +263,7 @@ struct WeightedIntegerLanes {
         }
         for (int64_t l = 0; l < lanes; ++l) {
             if (fast_sums_exact<T>(nrows, rsw, rwbits, vbits[l])) {
-                add_fast(acc[l], nrows, rsw, rsw2, l);
+                add_fast_sums(acc[l], nrows, rsw, rsw2, s1[l], s2[l]);
                 continue;
             }
             Chunk c{};
@@ -269,7 +282,8 @@ struct WeightedIntegerLanes {
         for (int64_t l = 0; l < lanes; ++l) {
             const uint64_t wb = std::is_same_v<Wt, bool> ? 1 : wbits[l];
             if (fast_sums_exact<T>(nrows, sw[l], wb, vbits[l])) {
-                add_fast(acc[l], static_cast<int64_t>(cnt[l]), sw[l], std::is_same_v<Wt, bool> ? sw[l] : sw2[l], l);
+                add_fast_sums(acc[l], static_cast<int64_t>(cnt[l]), sw[l], std::is_same_v<Wt, bool> ? sw[l] : sw2[l],
+                              s1[l], s2[l]);
                 continue;
             }
             Chunk c{};
@@ -359,29 +373,14 @@ private:
         const int64_t st = Contig ? static_cast<int64_t>(sizeof(T)) : ls;
         const int64_t wst = Contig ? static_cast<int64_t>(sizeof(Wt)) : wls;
         for (int64_t l = 0; l < lanes; ++l) {
-            const uint64_t wt = static_cast<uint64_t>(integer_weight_at<Wt>(wrow + l * wst));
-            const T x = load_at<T>(row + l * st);
-            c[l] += wt != 0;
-            a0[l] += wt;
-            if constexpr (!std::is_same_v<Wt, bool>) {
-                q[l] += wt * wt;
-                wb[l] |= wt;  // a negative weight sets the top bit: never accepted
-            }
-            a1[l] += Terms::wx(wt, x);
-            a2[l] += Terms::wxx(wt, x);
-            if constexpr (!Terms::kNarrow) vb[l] |= wt != 0 ? Terms::magnitude_bits(x) : 0;
+            Terms::template add<std::is_same_v<Wt, bool>>(static_cast<uint64_t>(integer_weight_at<Wt>(wrow + l * wst)),
+                                                          load_at<T>(row + l * st), c[l], a0[l], q[l], a1[l], a2[l],
+                                                          vb[l], wb[l]);
         }
     }
 
     void clear(int64_t lanes) {
         for (auto* v : {&cnt, &sw, &sw2, &s1, &s2, &vbits, &wbits}) std::fill(v->begin(), v->begin() + lanes, 0);
-    }
-    void add_fast(WeightedIntegerSums& a, int64_t count, uint64_t w, uint64_t w2, int64_t l) const {
-        a.count += count;
-        a.w += w;
-        a.w2.add(static_cast<u128>(w2));
-        a.s1 += Int256::of(static_cast<int64_t>(s1[static_cast<size_t>(l)]));
-        a.s2 += Int256::of_unsigned(s2[static_cast<size_t>(l)]);
     }
 };
 
@@ -406,19 +405,9 @@ struct WeightedIntegerRun {
     void run_strided(const char* p, const char* wp, int64_t m, int64_t st_, int64_t ws_) {
         const int64_t st = ST >= 0 ? ST : st_, ws = WS >= 0 ? WS : ws_;
         uint64_t c = 0, a = 0, a2 = 0, b1 = 0, b2 = 0, vb = 0, wb = 0;
-        for (int64_t k = 0; k < m; ++k) {
-            const uint64_t wt = static_cast<uint64_t>(integer_weight_at<Wt>(wp + k * ws));
-            const T x = load_at<T>(p + k * st);
-            c += wt != 0;
-            a += wt;
-            if constexpr (!std::is_same_v<Wt, bool>) {
-                a2 += wt * wt;
-                wb |= wt;
-            }
-            b1 += Terms::wx(wt, x);
-            b2 += Terms::wxx(wt, x);
-            vb |= wt != 0 ? Terms::magnitude_bits(x) : 0;
-        }
+        for (int64_t k = 0; k < m; ++k)
+            Terms::template add<std::is_same_v<Wt, bool>>(static_cast<uint64_t>(integer_weight_at<Wt>(wp + k * ws)),
+                                                          load_at<T>(p + k * st), c, a, a2, b1, b2, vb, wb);
         cnt += c, sw += a, sw2 += a2, s1 += b1, s2 += b2, vbits |= vb, wbits |= wb;
         n += m;
     }
@@ -431,11 +420,7 @@ struct WeightedIntegerRun {
     }
     bool exact() const { return fast_sums_exact<T>(n, sw, std::is_same_v<Wt, bool> ? 1 : wbits, vbits); }
     void add_fast_to(WeightedIntegerSums& acc) const {
-        acc.count += static_cast<int64_t>(cnt);
-        acc.w += sw;
-        acc.w2.add(static_cast<u128>(std::is_same_v<Wt, bool> ? sw : sw2));
-        acc.s1 += Int256::of(static_cast<int64_t>(s1));
-        acc.s2 += Int256::of_unsigned(s2);
+        add_fast_sums(acc, static_cast<int64_t>(cnt), sw, std::is_same_v<Wt, bool> ? sw : sw2, s1, s2);
     }
     bool bad() const { return low < 0; }
 };

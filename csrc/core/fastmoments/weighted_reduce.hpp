@@ -418,33 +418,39 @@ private:
         else float_scatter(acc, out);
     }
 
-    // Exact sums -> output states: the lanes of one output add up, and each output rounds once.
-    void exact_scatter(const std::vector<WeightedIntegerSums>& acc, WeightedState* out) const {
+    // Calls f(output, lane state index, first) for every lane state, in lane order within each
+    // output; first: the output's first lane (folded lanes, lane_ostride 0, share one output).
+    template <class F>
+    void for_each_lane(F&& f) const {
         const PairPlan& p = plan_;
-        std::vector<Acc> merged(static_cast<size_t>(p.out_size), Acc{});
         Odometer cols(p.columns);
         for (int64_t c = 0; c < ncols_; ++c) {
-            if (p.lanes_mode) {
-                cols.seek(c / lane_blocks_);
-                const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
-                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
-                for (int64_t l = 0; l < width; ++l) {
-                    const int64_t o = p.base_out + cols.out() + (lane0 + l) * p.lane_ostride;
-                    merged[o] = combine_weighted(merged[o], acc[static_cast<size_t>(c * width_ + l)]);
-                }
-            } else {
+            if (!p.lanes_mode) {
                 cols.seek(c);
-                const int64_t o = p.base_out + cols.out();
-                merged[o] = combine_weighted(merged[o], acc[static_cast<size_t>(c)]);
+                f(p.base_out + cols.out(), c, true);
+                continue;
             }
+            cols.seek(c / lane_blocks_);
+            const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
+            const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
+            for (int64_t l = 0; l < width; ++l)
+                f(p.base_out + cols.out() + (lane0 + l) * p.lane_ostride, c * width_ + l,
+                  p.lane_ostride != 0 || lane0 + l == 0);
         }
-        for (int64_t o = 0; o < p.out_size; ++o) out[o] = finish(merged[static_cast<size_t>(o)]);
     }
 
-    // Column states -> output states, back from the column shifts (no folding: one lane, one output).
+    // Exact sums -> output states: the lanes of one output add up, and each output rounds once.
+    void exact_scatter(const std::vector<WeightedIntegerSums>& acc, WeightedState* out) const {
+        std::vector<Acc> merged(static_cast<size_t>(plan_.out_size), Acc{});
+        for_each_lane([&](int64_t o, int64_t i, bool) {
+            merged[static_cast<size_t>(o)] = combine_weighted(merged[static_cast<size_t>(o)], acc[static_cast<size_t>(i)]);
+        });
+        for (int64_t o = 0; o < plan_.out_size; ++o) out[o] = finish(merged[static_cast<size_t>(o)]);
+    }
+
+    // Column states -> output states, back from the column shifts; folded lanes merge into their
+    // output in lane order.
     void float_scatter(const std::vector<WeightedState>& acc, WeightedState* out) const {
-        const PairPlan& p = plan_;
-        Odometer cols(p.columns);
         auto state = [&](int64_t i) {
             WeightedState s = acc[static_cast<size_t>(i)];
             const double lo = s.mean_lo;
@@ -452,26 +458,9 @@ private:
             s.mean_lo += lo;
             return s.count == 0 ? WeightedState{} : s;
         };
-        auto put = [&](int64_t o, int64_t i) { out[o] = state(i); };
-        for (int64_t c = 0; c < ncols_; ++c) {
-            if (p.lanes_mode) {
-                cols.seek(c / lane_blocks_);
-                const int64_t lane0 = (c % lane_blocks_) * kMaxLanes;
-                const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
-                if (p.lane_ostride == 0) {  // folded lanes: one output, merged in lane order
-                    const int64_t o = p.base_out + cols.out();
-                    WeightedState s = lane0 == 0 ? WeightedState{} : out[o];
-                    for (int64_t l = 0; l < width; ++l) s = combine_weighted(s, state(c * width_ + l));
-                    out[o] = s;
-                    continue;
-                }
-                for (int64_t l = 0; l < width; ++l)
-                    put(p.base_out + cols.out() + (lane0 + l) * p.lane_ostride, c * width_ + l);
-            } else {
-                cols.seek(c);
-                put(p.base_out + cols.out(), c);
-            }
-        }
+        for_each_lane([&](int64_t o, int64_t i, bool first) {
+            out[o] = first ? state(i) : combine_weighted(out[o], state(i));
+        });
     }
 
     const char* data_;

@@ -166,7 +166,7 @@ struct Int256 {
     }
 };
 
-// this = q * d + r with q the quotient rounded to nearest (ties towards zero) and |r| <= d/2,
+// a = q * d + r with q the quotient rounded to nearest (ties towards zero) and |r| <= d/2,
 // for d > 0 below 2^126 and |q| < 2^126 (a mean: the caller's sums guarantee it). Rounded
 // division of wide sums happens once per output, in a finish: a bitwise long division is enough.
 inline void divide_rounded(const Int256& a, u128 d, i128& q, i128& r) {
