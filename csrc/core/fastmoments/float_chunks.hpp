@@ -174,7 +174,9 @@ struct FloatLanes {
                     const V s = V::loadu(sh + l);
                     const V d0 = at(p0, l) - s, d1 = at(p1, l) - s, d2 = at(p2, l) - s, d3 = at(p3, l) - s;
                     (V::loadu(a1 + l) + ((d0 + d1) + (d2 + d3))).storeu(a1 + l);
-                    (V::loadu(a2 + l) + ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))).storeu(a2 + l);
+                    V q = V::loadu(a2 + l);
+                    simd::add_squares4<T>(q, d0, d1, d2, d3);
+                    q.storeu(a2 + l);
                 };
                 // bfloat16: lanes [l, l + 2W) widened by one wider conversion per stream (the same
                 // values, so the same sums as two steps): 0.61-0.65 -> 0.64-0.70 of the read loop;
@@ -188,7 +190,9 @@ struct FloatLanes {
                         const V s = V::loadu(sh + m);
                         const V d0 = x0[h] - s, d1 = x1[h] - s, d2 = x2[h] - s, d3 = x3[h] - s;
                         (V::loadu(a1 + m) + ((d0 + d1) + (d2 + d3))).storeu(a1 + m);
-                        (V::loadu(a2 + m) + ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))).storeu(a2 + m);
+                        V q = V::loadu(a2 + m);
+                        simd::add_squares4<T>(q, d0, d1, d2, d3);
+                        q.storeu(a2 + m);
                     }
                 };
                 int64_t l = l0;
@@ -222,7 +226,9 @@ struct FloatLanes {
                     k.storeu(c + l);
                 }
                 (V::loadu(a1 + l) + ((d0 + d1) + (d2 + d3))).storeu(a1 + l);
-                (V::loadu(a2 + l) + ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))).storeu(a2 + l);
+                V q = V::loadu(a2 + l);
+                simd::add_squares4<T>(q, d0, d1, d2, d3);
+                q.storeu(a2 + l);
             }
         }
         for (; r < nrows; ++r) {
@@ -234,7 +240,9 @@ struct FloatLanes {
                     k.storeu(c + l);
                 }
                 (V::loadu(a1 + l) + d).storeu(a1 + l);
-                (V::loadu(a2 + l) + d * d).storeu(a2 + l);
+                V q = V::loadu(a2 + l);
+                simd::add_square<T>(q, d);
+                q.storeu(a2 + l);
             }
         }
     }
@@ -242,9 +250,9 @@ struct FloatLanes {
 
 // ---- run mode: a run of values updates one state ----------------------------------------------
 
-typedef double v4d __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-typedef int64_t v4i __attribute__((vector_size(32)));
+using simd::v4d;
+using simd::v4f;
+using simd::v4i;
 
 // Where a run kernel's software prefetch goes past the end of its values (a hint: no effect on
 // any result): the column's next run.
@@ -277,7 +285,7 @@ struct FloatRun {
             c[u] -= __builtin_convertvector(keep, v4d);
         }
         a1[u] += d;
-        a2[u] += d * d;
+        simd::add_square<T>(a2[u], d);
     }
 
     // Four consecutive values as doubles: one vector load (+ convert) where the storage allows.
@@ -329,7 +337,7 @@ struct FloatRun {
                 c[0][0] += 1.0;
             }
             a1[0] += d;
-            a2[0] += d * d;
+            simd::add_square<T>(a2[0], d);
         }
     }
 
@@ -349,7 +357,7 @@ struct FloatRun {
         auto put = [&](V d, int k) {
             if constexpr (Omit) V::drop_nan(d, xc[k]);
             x1[k] = x1[k] + d;
-            x2[k] = x2[k] + d * d;
+            simd::add_square<T>(x2[k], d);
         };
         int64_t i = 0;
         if (n >= 64) {
