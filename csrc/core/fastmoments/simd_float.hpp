@@ -152,12 +152,14 @@ typedef int64_t v4i __attribute__((vector_size(32)));
 // Squares of the float chunk kernels, one rule for every vector width (so every variant gives
 // the same bits). The kernels of 16-bit floats are bound by the vector ports: each 8 values cost
 // two conversions (to float, then to double; 2 uops each on the Intel Xeon VM) beside the
-// arithmetic, so there the square is fused into its sum (one FMA for a multiply and an add;
-// the portable variant calls std::fma, an instruction on any CPU with FMA). On the Intel Xeon
-// VM (kernel harness, threads=1, 0.25 GiB): float16 (N,256) axis=None 0.79-0.85 -> 0.98-1.00 of
-// the read loop, bfloat16 0.66-0.72 -> 0.79-0.85, lanes (axis=-1) 0.74-0.78 -> 0.78-0.82 and
-// 0.63-0.68 -> 0.67-0.68. float and double keep a multiply and an add (their bits are those of
-// earlier builds; they meet the read loop's bars without it).
+// arithmetic, so there the square is fused into its sum (one FMA for a multiply and an add; the
+// portable variant calls std::fma). Kernel harness, Intel Xeon VM, threads=1, 0.25 GiB, three
+// interleaved runs, fm / read loop: float16 (N,256) axis=None 0.78-0.84 -> 0.90-0.96, axis=-1
+// 0.69-0.74 -> 0.76-0.78, NCHW 0.75-0.77 -> 0.80-0.82; bfloat16 0.66-0.70 -> 0.75-0.82,
+// 0.64-0.67 -> 0.68-0.73, 0.69-0.71 -> 0.73-0.77. (AVX512-FP16's vcvtph2pd, one conversion
+// instead of two, measured slower there: float16 lanes 0.75 -> 0.55.) float and double keep a
+// multiply and an add: their bits are those of earlier builds, and they meet the read loop's
+// bars without it.
 template <class T>
 inline constexpr bool kFusedSquares = sizeof(T) == 2;
 
