@@ -178,9 +178,8 @@ struct FloatLanes {
                     simd::add_squares4<T>(q, d0, d1, d2, d3);
                     q.storeu(a2 + l);
                 };
-                // bfloat16: lanes [l, l + 2W) widened by one wider conversion per stream (the same
-                // values, so the same sums as two steps): 0.61-0.65 -> 0.64-0.70 of the read loop;
-                // float16 measured no gain (0.64-0.70 against 0.70-0.72).
+                // Lanes [l, l + 2W) widened by one wider conversion per stream where V::kPairs
+                // (the same values, so the same sums as two steps).
                 auto step2 = [&](int64_t l) {
                     V x0[2], x1[2], x2[2], x3[2];
                     V::template load2<T>(p0 + l * st, x0), V::template load2<T>(p1 + l * st, x1);
@@ -197,7 +196,7 @@ struct FloatLanes {
                 };
                 int64_t l = l0;
                 if constexpr (Contig) {
-                    constexpr bool kPairs = std::is_same_v<T, bfloat16_bits> && W > 1 && kLineSteps % 2 == 0;
+                    constexpr bool kPairs = V::template kPairs<T> && kLineSteps % 2 == 0;
                     for (; l + kLineSteps * W <= l1; l += kLineSteps * W) {  // one cache line per stream
                         const int64_t b = l * st;
                         prefetch(f0 + b), prefetch(f1 + b), prefetch(f2 + b), prefetch(f3 + b);
@@ -363,9 +362,16 @@ struct FloatRun {
         if (n >= 64) {
             const int64_t q = (n / (8 * Parts)) * 8;
             auto step = [&](int64_t j) {
-                for (int u = 0; u < Parts; ++u)
-                    for (int k = 0; k < 8 / W; ++k)
-                        put(V::template load<T>(p + (u * q + j + k * W) * es) - s, (u & 1) * (8 / W) + k);
+                for (int u = 0; u < Parts; ++u) {
+                    if constexpr (V::template kPairs<T> && W == 4) {  // the 8 values by one load2
+                        V x[2];
+                        V::template load2<T>(p + (u * q + j) * es, x);
+                        put(x[0] - s, (u & 1) * 2), put(x[1] - s, (u & 1) * 2 + 1);
+                    } else {
+                        for (int k = 0; k < 8 / W; ++k)
+                            put(V::template load<T>(p + (u * q + j + k * W) * es) - s, (u & 1) * (8 / W) + k);
+                    }
+                }
             };
             // Each part prefetched in software ~4 KiB ahead, once per cache line: float32 NCHW
             // (64 KiB runs 4 MiB apart, two halves) 0.67 -> 0.78 of the read loop (Intel Xeon

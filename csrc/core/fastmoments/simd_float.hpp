@@ -34,6 +34,8 @@ struct V1 {  // one double: the portable variant, lane tails and strided data
     static void load2(const char* p, V1* out) {  // two values (as V8::load2)
         out[0] = load<T>(p), out[1] = load<T>(p + sizeof(T));
     }
+    template <class T>
+    static constexpr bool kPairs = false;  // see V8::kPairs
     static void drop_nan(V1& d, V1& count) {
         const bool keep = d.v == d.v;
         d.v = keep ? d.v : 0.0;
@@ -82,6 +84,12 @@ struct V8 {
             out[0] = load<T>(p), out[1] = load<T>(p + kWidth * sizeof(T));
         }
     }
+    // Whether the kernels read values of T by load2 where they can (the same values, so the
+    // same sums): where one wider conversion beat two (kernel harness, Intel Xeon VM, fm / read
+    // loop): bfloat16 lanes 0.61-0.65 -> 0.64-0.70. float16 lost (16 halves by one vcvtph2ps
+    // zmm: lanes 0.74-0.78 -> 0.64-0.70).
+    template <class T>
+    static constexpr bool kPairs = std::is_same_v<T, bfloat16_bits>;
     // NaN lanes of d become 0 and the others add 1 to `count` (nan_policy='omit').
     static void drop_nan(V8& d, V8& count) {
         const __mmask8 keep = _mm512_cmp_pd_mask(d.v, d.v, _CMP_ORD_Q);
@@ -119,7 +127,11 @@ struct V4 {
     }
     template <class T>
     static void load2(const char* p, V4* out) {  // as V8::load2
-        if constexpr (std::is_same_v<T, bfloat16_bits>) {
+        if constexpr (std::is_same_v<T, half_bits>) {
+            const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+            out[0].v = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
+            out[1].v = _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1));
+        } else if constexpr (std::is_same_v<T, bfloat16_bits>) {
             const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
             const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(w), 16));
             out[0].v = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
@@ -128,6 +140,11 @@ struct V4 {
             out[0] = load<T>(p), out[1] = load<T>(p + kWidth * sizeof(T));
         }
     }
+    // As V8::kPairs. float16: 8 halves by one vcvtph2ps ymm (kernel harness, Intel Xeon VM,
+    // AVX2 variant, fm / read loop): lanes 0.52-0.55 -> 0.60-0.63, runs 0.56-0.57 -> 0.69-0.71.
+    // bfloat16 measured the same either way in lanes (0.57-0.59) and lost in runs (0.61 -> 0.59).
+    template <class T>
+    static constexpr bool kPairs = std::is_same_v<T, half_bits>;
     static void drop_nan(V4& d, V4& count) {
         const __m256d keep = _mm256_cmp_pd(d.v, d.v, _CMP_ORD_Q);
         d.v = _mm256_and_pd(d.v, keep);
