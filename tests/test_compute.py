@@ -178,6 +178,35 @@ def test_omit_precision_with_scattered_nan(isa):
     assert relative_error(r.variance, reference(x, -1, "omit").variance()) <= 1e-12
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_omit_lanes_starting_at_different_rows(dtype, isa):
+    # The shift search goes row by row over all lanes of a column block and drops the lanes found:
+    # lanes whose first finite value is at row 0, 1, 37, 1000, the search's last row (65535), just
+    # past it (65536: shift 0), at the last row, or never (count 0), on an offset of 1e6, with
+    # NaN scattered after each lane's start (chunks whose own first rows are NaN).
+    rng = np.random.default_rng(5)
+    starts = [0, 1, 37, 1000, 65535, 65536, 69_999, None, 0, 3]
+    x = (1e6 + rng.standard_normal((70_000, len(starts)))).astype(dtype)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    for lane, start in enumerate(starts):
+        x[: x.shape[0] if start is None else start, lane] = np.nan
+        if start is not None:
+            x[start, lane] = 1e6 + 0.5
+    r = fastmoments.compute(x, axis=-1, nan_policy="omit")
+    ref = reference(x, -1, "omit")
+    np.testing.assert_array_equal(r.count, (~np.isnan(x)).sum(axis=0))
+    found = r.count > 0
+    with warnings.catch_warnings():  # the empty lane's variance warns, as NumPy's does
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got, want = r.variance[found], ref.variance()[found]
+    assert relative_error(got, want) <= 1e-12
+    assert relative_error(r.mean[found], ref.mean[found]) <= 1e-15
+    assert np.isnan(r.mean[~found]).all()
+    again = fastmoments.compute(x, axis=-1, nan_policy="omit", threads=1)
+    np.testing.assert_array_equal(again.mean, r.mean)
+    np.testing.assert_array_equal(again.m2, r.m2)
+
+
 def test_uint32_large_values_kept_inner_axis(isa):
     x = np.array([[4000000000, 1], [0, 3]], np.uint32)
     r = fastmoments.compute(x, axis=-1)

@@ -53,6 +53,29 @@ inline bool poor_shift(double n, double s1, double s2) {
     return n > 0 && std::isfinite(s2) && s1 * s1 > s2 * n * (63.0 / 64.0) && s2 > 0;
 }
 
+// ---- first values of lanes ---------------------------------------------------------------------
+// The shift searches: for each lane in `pending`, the first row r in [0, n) whose value
+// found(r, l) accepts (the callback keeps it), searched row by row: one row's lanes are near in
+// memory, where a walk down each lane reads a cache line per value. Lanes found drop out of
+// `pending`, and the search ends when none is left. row(r) is called before row r's lanes (for
+// callers that step an odometer). `pending` only shrinks: no allocation.
+template <class Row, class Found>
+inline void search_rows(std::vector<int64_t>& pending, int64_t n, Row&& row, Found&& found) {
+    for (int64_t r = 0; r < n && !pending.empty(); ++r) {
+        row(r);
+        size_t left = 0;
+        for (const int64_t l : pending)
+            if (!found(r, l)) pending[left++] = l;
+        pending.resize(left);
+    }
+}
+
+// pending = [0, width), within its capacity (reserved by the owner before any thread starts).
+inline void all_lanes(std::vector<int64_t>& pending, int64_t width) {
+    pending.clear();
+    for (int64_t l = 0; l < width; ++l) pending.push_back(l);
+}
+
 // ---- lanes mode: a row of `lanes` values updates `lanes` states --------------------------------
 
 constexpr int64_t kCacheLine = 64;
@@ -81,7 +104,8 @@ template <class T, bool Omit, bool Contig>
 struct FloatLanes {
     using W = typename element_traits<T>::work;
     std::vector<double> shift, s1, s2, cnt;
-    explicit FloatLanes(int64_t lanes) : shift(lanes), s1(lanes), s2(lanes), cnt(lanes) {}
+    std::vector<int64_t> pending;  // search_rows' scratch
+    explicit FloatLanes(int64_t lanes) : shift(lanes), s1(lanes), s2(lanes), cnt(lanes) { pending.reserve(lanes); }
 
     static double value(const char* row, int64_t l, int64_t ls) {
         if constexpr (Contig)
@@ -98,12 +122,15 @@ struct FloatLanes {
         double* __restrict a1 = s1.data();
         double* __restrict a2 = s2.data();
         double* __restrict c = cnt.data();
-        for (int64_t l = 0; l < lanes; ++l) {
-            // The first finite value of the lane (NaN/inf rows are skipped; 0 if there is none).
-            double v = value(rows[0], l, ls);
-            for (int64_t r = 1; !std::isfinite(v) && r < nrows; ++r) v = value(rows[r], l, ls);
-            sh[l] = finite_or_zero(v);
-        }
+        // The first finite value of each lane (NaN/inf rows are skipped; 0 if there is none).
+        for (int64_t l = 0; l < lanes; ++l) sh[l] = 0.0;
+        all_lanes(pending, lanes);
+        search_rows(pending, nrows, [](int64_t) {}, [&](int64_t r, int64_t l) {
+            const double v = value(rows[r], l, ls);
+            if (!std::isfinite(v)) return false;
+            sh[l] = v;
+            return true;
+        });
         sums(rows, nrows, lanes, ls);
         bool again = false;
         for (int64_t l = 0; l < lanes; ++l) {

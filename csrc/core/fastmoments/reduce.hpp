@@ -206,6 +206,10 @@ public:
     // finite value: chunk means then carry no rounding of a large offset into Chan's delta,
     // which keeps m2 exact to ~1e-15 even for 1e9 + N(0, 1) (a bare mean near 1e9 has an ulp of
     // 1.2e-7, and that error, squared into delta^2 * na*nb/n, dominates after many merges).
+    // The search goes row by row over a column block's lanes (search_rows): (262144, 256) float32
+    // with every fifth lane all NaN, nan_policy='omit', went from 110 to 43 ms at threads=1 and
+    // from 77 to 25 ms at threads=2 (the same data without NaN: 43 / 23 ms), where a walk down
+    // each lane read a cache line per value, serially before the threads start.
     static constexpr int64_t kShiftSearch = 1 << 16;  // values searched for a finite shift
 
     static double load_value(const char* p) {
@@ -231,6 +235,8 @@ public:
         if constexpr (!kExact) {
             const Plan& p = plan_;
             col_shift_.assign(static_cast<size_t>(grid_.count * grid_.width), 0.0);
+            std::vector<int64_t> pending;
+            pending.reserve(static_cast<size_t>(grid_.width));
             Odometer cols(p.columns);
             for (int64_t c = 0; c < grid_.count; ++c) {
                 double* sh = &col_shift_[static_cast<size_t>(c * grid_.width)];
@@ -239,17 +245,20 @@ public:
                     const int64_t lane0 = (c % grid_.lane_blocks) * kMaxLanes;
                     const int64_t width = std::min(kMaxLanes, p.lanes - lane0);
                     const char* base = data_ + cols.offset() + lane0 * p.lane_stride;
-                    for (int64_t l = 0; l < width; ++l) {
-                        Odometer rows(p.rows);
-                        rows.seek(0);
-                        const int64_t n = std::min(grid_.units, kShiftSearch);
-                        double v = load_value(base + l * p.lane_stride);
-                        for (int64_t r = 1; !std::isfinite(v) && r < n; ++r) {
-                            rows.next();
-                            v = load_value(base + rows.offset() + l * p.lane_stride);
-                        }
-                        sh[l] = finite_or_zero(v);
-                    }
+                    Odometer rows(p.rows);
+                    rows.seek(0);
+                    const char* row = base;
+                    all_lanes(pending, width);
+                    search_rows(pending, std::min(grid_.units, kShiftSearch),
+                                [&](int64_t r) {
+                                    if (r > 0) rows.next(), row = base + rows.offset();
+                                },
+                                [&](int64_t, int64_t l) {
+                                    const double v = load_value(row + l * p.lane_stride);
+                                    if (!std::isfinite(v)) return false;
+                                    sh[l] = v;
+                                    return true;
+                                });
                 } else {
                     cols.seek(c);
                     Odometer rows(p.rows);

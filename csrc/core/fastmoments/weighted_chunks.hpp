@@ -178,20 +178,27 @@ template <class T, bool Omit>
 struct RowWeightedLanes {
     std::vector<double> shift, s1, s2, sw, sq, cnt;
     std::vector<char> fresh;
+    std::vector<int64_t> pending;  // search_rows' scratch
     explicit RowWeightedLanes(int64_t lanes)
-        : shift(lanes), s1(lanes), s2(lanes), sw(lanes), sq(lanes), cnt(lanes), fresh(lanes) {}
+        : shift(lanes), s1(lanes), s2(lanes), sw(lanes), sq(lanes), cnt(lanes), fresh(lanes) {
+        pending.reserve(lanes);
+    }
 
     void chunk(const char* const* rows, const double* w, int64_t nrows, int64_t lanes, int64_t ls, bool contig,
                WeightedState* acc, const double* col_shift) {
         if (nrows == 0) return;
+        pending.clear();
         for (int64_t l = 0; l < lanes; ++l) {
             shift[l] = running_shift(acc[l], col_shift[l]);
             fresh[l] = std::isnan(shift[l]);
-            if (!fresh[l]) continue;
-            double v = value_at<T>(rows[0] + l * ls);
-            for (int64_t r = 1; !std::isfinite(v) && r < nrows; ++r) v = value_at<T>(rows[r] + l * ls);
-            shift[l] = finite_or_zero(v);
+            if (fresh[l]) shift[l] = 0.0, pending.push_back(l);  // its first finite value, else 0
         }
+        search_rows(pending, nrows, [](int64_t) {}, [&](int64_t r, int64_t l) {
+            const double v = value_at<T>(rows[r] + l * ls);
+            if (!std::isfinite(v)) return false;
+            shift[l] = v;
+            return true;
+        });
         double tw = 0.0, tq = 0.0;
         if constexpr (!Omit)
             for (int64_t r = 0; r < nrows; ++r) tw += w[r], tq += w[r] * w[r];
@@ -301,34 +308,34 @@ struct ElementWeightedLanes {
     static constexpr bool kMask = std::is_same_v<Wt, bool>;
     std::vector<double> shift, s1, s2, sw, sq, cnt;
     std::vector<char> fresh;
+    std::vector<int64_t> pending;  // search_rows' scratch
     bool bad = false;  // a negative, NaN or infinite weight was seen
     explicit ElementWeightedLanes(int64_t lanes)
-        : shift(lanes), s1(lanes), s2(lanes), sw(lanes), sq(lanes), cnt(lanes), fresh(lanes) {}
+        : shift(lanes), s1(lanes), s2(lanes), sw(lanes), sq(lanes), cnt(lanes), fresh(lanes) {
+        pending.reserve(lanes);
+    }
 
     // rows/wrows: the chunk's data and weight rows; ls/wls: byte steps between lanes; vec: both
     // are contiguous along the lanes.
     void chunk(const char* const* rows, const char* const* wrows, int64_t nrows, int64_t lanes, int64_t ls,
                int64_t wls, bool vec, WeightedState* acc, const double* col_shift) {
+        // A fresh lane's chunk is summed again around its own mean (resum), so the shift need not
+        // be close: its first finite value of positive weight among the chunk's first
+        // kShiftProbeRows rows, else 0 (never a value of zero weight, which may be a fill value
+        // far from the data). Bounded, so that a lane without positive weight (a masked feature:
+        // it stays fresh) costs no scan of every chunk.
+        pending.clear();
         for (int64_t l = 0; l < lanes; ++l) {
             shift[l] = running_shift(acc[l], col_shift[l]);
             fresh[l] = std::isnan(shift[l]);
-            if (!fresh[l]) continue;
-            // A fresh lane's chunk is summed again around its own mean (resum), so the shift
-            // need not be close: its first finite value of positive weight among the chunk's first
-            // kShiftProbeRows rows, else 0 (never a value of zero weight, which may be a fill
-            // value far from the data). Bounded, so that a lane without positive weight (a masked
-            // feature: it stays fresh) costs no scan of every chunk.
-            double v = 0.0;
-            const int64_t probe = std::min(nrows, kShiftProbeRows);
-            for (int64_t r = 0; r < probe; ++r) {
-                const double x = value_at<T>(rows[r] + l * ls);
-                if (std::isfinite(x) && weight_at<Wt>(wrows[r] + l * wls) > 0.0) {
-                    v = x;
-                    break;
-                }
-            }
-            shift[l] = v;
+            if (fresh[l]) shift[l] = 0.0, pending.push_back(l);
         }
+        search_rows(pending, std::min(nrows, kShiftProbeRows), [](int64_t) {}, [&](int64_t r, int64_t l) {
+            const double x = value_at<T>(rows[r] + l * ls);
+            if (!std::isfinite(x) || !(weight_at<Wt>(wrows[r] + l * wls) > 0.0)) return false;
+            shift[l] = x;
+            return true;
+        });
         sums(rows, wrows, nrows, lanes, ls, wls, vec);
         bool again = false;
         for (int64_t l = 0; l < lanes; ++l) {

@@ -149,24 +149,25 @@ public:
         col_shift_.assign(static_cast<size_t>(ncols_ * width_), 0.0);
         if constexpr (kExact) return;  // exact sums need no shift
         std::vector<int64_t> pending;
+        pending.reserve(static_cast<size_t>(width_));
         for (int64_t c = 0; c < ncols_; ++c) {
             double* sh = &col_shift_[static_cast<size_t>(c * width_)];
             Cursor cur = cursor(c, 0);
             if (p.lanes_mode) {
-                pending.resize(static_cast<size_t>(cur.width));
-                for (int64_t l = 0; l < cur.width; ++l) pending[static_cast<size_t>(l)] = l;
-                const int64_t n = std::min(units_, kShiftSearchRows);
-                for (int64_t r = 0; r < n && !pending.empty(); ++r, cur.rows.next(), cur.wrows.next()) {
-                    const char* row = cur.base + cur.rows.offset();
-                    const char* wrow = cur.wbase + cur.wrows.offset();
-                    size_t left = 0;
-                    for (const int64_t l : pending) {
-                        const double v = value_at<T>(row + l * p.lane_stride);
-                        if (std::isfinite(v) && weight_at<Wt>(wrow + l * p.wlane_stride) > 0.0) sh[l] = v;
-                        else pending[left++] = l;
-                    }
-                    pending.resize(left);
-                }
+                const char* row = nullptr;
+                const char* wrow = nullptr;
+                all_lanes(pending, cur.width);
+                search_rows(pending, std::min(units_, kShiftSearchRows),
+                            [&](int64_t r) {
+                                if (r > 0) cur.rows.next(), cur.wrows.next();
+                                row = cur.base + cur.rows.offset(), wrow = cur.wbase + cur.wrows.offset();
+                            },
+                            [&](int64_t, int64_t l) {
+                                const double v = value_at<T>(row + l * p.lane_stride);
+                                if (!std::isfinite(v) || !(weight_at<Wt>(wrow + l * p.wlane_stride) > 0.0)) return false;
+                                sh[l] = v;
+                                return true;
+                            });
             } else {
                 sh[0] = first_in_run(cur.base, cur.wbase, cur.rows, cur.wrows, 0, std::min(units_, kShiftSearchValues));
             }
