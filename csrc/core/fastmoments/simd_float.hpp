@@ -87,7 +87,7 @@ struct V8 {
     // Whether the kernels read values of T by load2 where they can (the same values, so the
     // same sums): where one wider conversion beat two (kernel harness, Intel Xeon VM, fm / read
     // loop): bfloat16 lanes 0.61-0.65 -> 0.64-0.70. float16 lost (16 halves by one vcvtph2ps
-    // zmm: lanes 0.74-0.78 -> 0.64-0.70).
+    // zmm: lanes 0.77 -> 0.64-0.68).
     template <class T>
     static constexpr bool kPairs = std::is_same_v<T, bfloat16_bits>;
     // NaN lanes of d become 0 and the others add 1 to `count` (nan_policy='omit').
