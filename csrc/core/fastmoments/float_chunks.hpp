@@ -165,6 +165,40 @@ struct FloatLanes {
         if (done < lanes) sums_of<simd::V1>(rows, nrows, done, lanes, Contig ? int64_t(sizeof(T)) : ls);
     }
 
+    // a1 += sum over the R rows p[0..R) of d, a2 += of d^2, d = x - shift, at lanes [l, l + W)
+    // (R = 4 or 8): the d summed as a tree of fours (one order in every variant), the squares by
+    // add_squares4 per four.
+    template <class V, int R>
+    static void add_rows_of(const V* d, int64_t l, double* a1, double* a2) {
+        V t = (d[0] + d[1]) + (d[2] + d[3]);
+        if constexpr (R == 8) t = t + ((d[4] + d[5]) + (d[6] + d[7]));
+        (V::loadu(a1 + l) + t).storeu(a1 + l);
+        V q = V::loadu(a2 + l);
+        for (int k = 0; k < R; k += 4) simd::add_squares4<T>(q, d[k], d[k + 1], d[k + 2], d[k + 3]);
+        q.storeu(a2 + l);
+    }
+    template <class V, int R>
+    static void add_rows(const char* const* p, int64_t l, int64_t st, const double* sh, double* a1, double* a2) {
+        const V s = V::loadu(sh + l);
+        V d[R];
+        for (int k = 0; k < R; ++k) d[k] = V::template load<T>(p[k] + l * st) - s;
+        add_rows_of<V, R>(d, l, a1, a2);
+    }
+    // As add_rows at lanes [l, l + 2W), each row's 2W values widened by one load2 (V::kPairs):
+    // the same values, so the same sums as two add_rows.
+    template <class V, int R>
+    static void add_rows2(const char* const* p, int64_t l, int64_t st, const double* sh, double* a1, double* a2) {
+        constexpr int W = V::kWidth;
+        V x[R][2];
+        for (int k = 0; k < R; ++k) V::template load2<T>(p[k] + l * st, x[k]);
+        for (int h = 0; h < 2; ++h) {
+            const V s = V::loadu(sh + l + h * W);
+            V d[R];
+            for (int k = 0; k < R; ++k) d[k] = x[k][h] - s;
+            add_rows_of<V, R>(d, l + h * W, a1, a2);
+        }
+    }
+
     // Lanes [l0, l1) in steps of V::kWidth; `step` is the byte distance between lanes.
     template <class V>
     void sums_of(const char* const* rows, int64_t nrows, int64_t l0, int64_t l1, int64_t step) {
@@ -178,64 +212,52 @@ struct FloatLanes {
         auto at = [st](const char* row, int64_t l) { return V::template load<T>(row + l * st); };
         int64_t r = 0;
         if constexpr (!Omit) {
-            // Rows r, r + q, r + 2q, r + 3q side by side (q = n/4): four long in-order streams the
-            // prefetcher follows, and a quarter of the accumulator loads and stores per value.
-            // On (N, 256) float32: 0.88-0.98 of the read loop, against 0.81-0.89 for two
-            // streams, 0.76-0.92 for eight, 0.65-0.76 for one, and 0.30-0.53 for 2-8 adjacent
-            // rows (short interleaved streams the prefetcher loses) (AMD EPYC VM). Each stream is
-            // also prefetched in software ~2 KiB ahead, once per cache line: on the Intel Xeon
-            // VM (AVX-512) float32 (N, 256) went from 0.82 to 0.96-1.07 of the read loop.
+            // Four streams of rows starting at 0, q, 2q, 3q (q = n/4), two adjacent rows of each per
+            // step: four long in-order streams the prefetcher follows, and an eighth of the
+            // accumulator loads and stores per value. On (N, 256) float32: 0.88-0.98 of the read
+            // loop for one row of each, against 0.81-0.89 for two streams, 0.76-0.92 for eight,
+            // 0.65-0.76 for one, and 0.30-0.53 for 2-8 adjacent rows alone (short interleaved
+            // streams the prefetcher loses) (AMD EPYC VM). Two rows of each stream against one
+            // (kernel harness, Intel Xeon VM, AVX-512, threads=1, three interleaved runs): float32
+            // 0.89-0.90 -> 0.94-0.96, float64 0.99-1.01 -> 1.00-1.02, bfloat16 0.71-0.72 ->
+            // 0.75-0.76, float16 0.79-0.80 -> 0.79-0.80. Each stream is also prefetched in
+            // software ~2 KiB ahead, once per cache line: on the Intel Xeon VM float32 (N, 256)
+            // went from 0.82 to 0.96-1.07 of the read loop.
             const int64_t q = nrows / 4;
             const int64_t ahead = prefetch_rows((l1 - l0) * static_cast<int64_t>(sizeof(T)));
             auto ahead_of = [&](int64_t i) { return rows[std::min(i + ahead, nrows - 1)]; };
-            for (; r < q; ++r) {
-                const char* p0 = rows[r];
-                const char* p1 = rows[r + q];
-                const char* p2 = rows[r + 2 * q];
-                const char* p3 = rows[r + 3 * q];
-                const char* f0 = ahead_of(r);
-                const char* f1 = ahead_of(r + q);
-                const char* f2 = ahead_of(r + 2 * q);
-                const char* f3 = ahead_of(r + 3 * q);
-                auto step = [&](int64_t l) {
-                    const V s = V::loadu(sh + l);
-                    const V d0 = at(p0, l) - s, d1 = at(p1, l) - s, d2 = at(p2, l) - s, d3 = at(p3, l) - s;
-                    (V::loadu(a1 + l) + ((d0 + d1) + (d2 + d3))).storeu(a1 + l);
-                    V q = V::loadu(a2 + l);
-                    simd::add_squares4<T>(q, d0, d1, d2, d3);
-                    q.storeu(a2 + l);
-                };
-                // Lanes [l, l + 2W) widened by one wider conversion per stream where V::kPairs
-                // (the same values, so the same sums as two steps).
-                auto step2 = [&](int64_t l) {
-                    V x0[2], x1[2], x2[2], x3[2];
-                    V::template load2<T>(p0 + l * st, x0), V::template load2<T>(p1 + l * st, x1);
-                    V::template load2<T>(p2 + l * st, x2), V::template load2<T>(p3 + l * st, x3);
-                    for (int h = 0; h < 2; ++h) {
-                        const int64_t m = l + h * W;
-                        const V s = V::loadu(sh + m);
-                        const V d0 = x0[h] - s, d1 = x1[h] - s, d2 = x2[h] - s, d3 = x3[h] - s;
-                        (V::loadu(a1 + m) + ((d0 + d1) + (d2 + d3))).storeu(a1 + m);
-                        V q = V::loadu(a2 + m);
-                        simd::add_squares4<T>(q, d0, d1, d2, d3);
-                        q.storeu(a2 + m);
-                    }
-                };
-                int64_t l = l0;
-                if constexpr (Contig) {
-                    constexpr bool kPairs = V::template kPairs<T> && kLineSteps % 2 == 0;
-                    for (; l + kLineSteps * W <= l1; l += kLineSteps * W) {  // one cache line per stream
-                        const int64_t b = l * st;
-                        prefetch(f0 + b), prefetch(f1 + b), prefetch(f2 + b), prefetch(f3 + b);
-                        if constexpr (kPairs) {
-                            for (int k = 0; k < kLineSteps; k += 2) step2(l + k * W);
-                        } else {
-                            for (int k = 0; k < kLineSteps; ++k) step(l + k * W);
+            // R rows (4: row r of each stream; 8: then row r + 1 of each) at p[0..R), prefetched at
+            // f[0..R).
+            auto rows_of = [&](int64_t i, int R, const char** p, const char** f) {
+                for (int k = 0; k < R; ++k) {
+                    const int64_t at_row = i + (k % 4) * q + k / 4;
+                    p[k] = rows[at_row], f[k] = ahead_of(at_row);
+                }
+            };
+            auto walk = [&](auto rows_per_step) {
+                constexpr int R = decltype(rows_per_step)::value;
+                const char* p[R];
+                const char* f[R];
+                for (; r + R / 4 <= q; r += R / 4) {
+                    rows_of(r, R, p, f);
+                    int64_t l = l0;
+                    if constexpr (Contig) {
+                        constexpr bool kPairs = V::template kPairs<T> && kLineSteps % 2 == 0;
+                        for (; l + kLineSteps * W <= l1; l += kLineSteps * W) {  // one cache line per stream
+                            const int64_t b = l * st;
+                            for (int k = 0; k < R; ++k) prefetch(f[k] + b);
+                            if constexpr (kPairs) {
+                                for (int k = 0; k < kLineSteps; k += 2) add_rows2<V, R>(p, l + k * W, st, sh, a1, a2);
+                            } else {
+                                for (int k = 0; k < kLineSteps; ++k) add_rows<V, R>(p, l + k * W, st, sh, a1, a2);
+                            }
                         }
                     }
+                    for (; l < l1; l += W) add_rows<V, R>(p, l, st, sh, a1, a2);
                 }
-                for (; l < l1; l += W) step(l);
-            }
+            };
+            walk(std::integral_constant<int, 8>{});
+            walk(std::integral_constant<int, 4>{});  // the last row of each stream when q is odd
             r = 4 * q;
         }
         for (; r + 4 <= nrows; r += 4) {
@@ -245,16 +267,13 @@ struct FloatLanes {
             const char* p3 = rows[r + 3];
             for (int64_t l = l0; l < l1; l += W) {
                 const V s = V::loadu(sh + l);
-                V d0 = at(p0, l) - s, d1 = at(p1, l) - s, d2 = at(p2, l) - s, d3 = at(p3, l) - s;
+                V d[4] = {at(p0, l) - s, at(p1, l) - s, at(p2, l) - s, at(p3, l) - s};
                 if constexpr (Omit) {
                     V k = V::loadu(c + l);  // counts are small integers: exact in any order
-                    V::drop_nan(d0, k), V::drop_nan(d1, k), V::drop_nan(d2, k), V::drop_nan(d3, k);
+                    for (V& x : d) V::drop_nan(x, k);
                     k.storeu(c + l);
                 }
-                (V::loadu(a1 + l) + ((d0 + d1) + (d2 + d3))).storeu(a1 + l);
-                V q = V::loadu(a2 + l);
-                simd::add_squares4<T>(q, d0, d1, d2, d3);
-                q.storeu(a2 + l);
+                add_rows_of<V, 4>(d, l, a1, a2);
             }
         }
         for (; r < nrows; ++r) {
