@@ -219,8 +219,8 @@ struct FloatLanes {
             // 0.65-0.76 for one, and 0.30-0.53 for 2-8 adjacent rows alone (short interleaved
             // streams the prefetcher loses) (AMD EPYC VM). Two rows of each stream against one
             // (kernel harness, Intel Xeon VM, AVX-512, threads=1, three interleaved runs): float32
-            // 0.89-0.90 -> 0.94-0.96, float64 0.99-1.01 -> 1.00-1.02, bfloat16 0.71-0.72 ->
-            // 0.75-0.76, float16 0.79-0.80 -> 0.79-0.80. Each stream is also prefetched in
+            // 0.82-0.89 -> 1.00-1.02, float64 0.98-1.01 -> 1.00-1.02, bfloat16 0.73 -> 0.72-0.76,
+            // float16 0.77-0.81 -> 0.79-0.82. Each stream is also prefetched in
             // software ~2 KiB ahead, once per cache line: on the Intel Xeon VM float32 (N, 256)
             // went from 0.82 to 0.96-1.07 of the read loop.
             const int64_t q = nrows / 4;
