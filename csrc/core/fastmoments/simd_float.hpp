@@ -175,8 +175,7 @@ typedef int64_t v4i __attribute__((vector_size(32)));
 // 0.69-0.74 -> 0.76-0.78, NCHW 0.75-0.77 -> 0.80-0.82; bfloat16 0.66-0.70 -> 0.75-0.82,
 // 0.64-0.67 -> 0.68-0.73, 0.69-0.71 -> 0.73-0.77. (AVX512-FP16's vcvtph2pd, one conversion
 // instead of two, measured slower there: float16 lanes 0.75 -> 0.55.) float and double keep a
-// multiply and an add: their bits are those of earlier builds, and they meet the read loop's
-// bars without it.
+// multiply and an add: they meet the read loop's bars without it.
 template <class T>
 inline constexpr bool kFusedSquares = sizeof(T) == 2;
 
