@@ -58,6 +58,12 @@ constexpr int64_t kLaneChunkValues = 1 << 16;  // lanes mode: values per chunk (
 // ... but 4x more for float data, at most kLaneChunkValues rows: fewer chunk ends (first values,
 // lane states merged, streams restarted): (N, 256) float32 0.82 -> 0.87-0.90 of the read loop.
 constexpr int64_t kFloatLaneChunkValues = 1 << 18;
+// ... and 4x that for float16/bfloat16 (2 MiB of values, as float64): their chunk ends cost more
+// of a slower kernel. Kernel harness (Intel Xeon VM, AVX-512, threads=1, 0.25 GiB (N, 256), median
+// of 7 interleaved runs, fm / read loop): float16 0.81 -> 0.86-0.87, bfloat16 0.74 -> 0.80-0.81
+// (2x: 0.84, 0.76-0.80; 8x and 16x within 2% of 4x). float32 and float64 measured no gain (1.01
+// and 1.05 -> 1.00 and 1.04).
+constexpr int64_t kHalfLaneChunkValues = 4 * kFloatLaneChunkValues;
 // ... and 16x for 8- and 16-bit integers (at most kMaxIntegerChunkRows rows): longer streams per
 // chunk. Kernel harness (CPU clock, fm/read avx512/avx2, against 4x): uint8 RGB axis=-1
 // 0.79-0.82/0.78-0.81 -> 0.82-0.87/0.86-0.90, uint8 (N,256) 0.93/0.90 -> 0.99/0.96-0.98, int16
@@ -185,7 +191,7 @@ public:
             grid_.units = rows.count();
             grid_.values = grid_.units * grid_.width;
             chunk_units_ = std::max<int64_t>(1, kExact ? (sizeof(T) <= 2 ? kNarrowLaneChunks : 4) * kLaneChunkValues / grid_.width
-                                                       : std::min(kLaneChunkValues, kFloatLaneChunkValues / grid_.width));
+                                                       : std::min(kLaneChunkValues, (sizeof(T) == 2 ? kHalfLaneChunkValues : kFloatLaneChunkValues) / grid_.width));
             if constexpr (kExact) chunk_units_ = std::min(chunk_units_, kMaxIntegerChunkRows);
             grid_.units_per_task = std::max<int64_t>(chunk_units_, (kTaskValues / grid_.width) / chunk_units_ * chunk_units_);
         } else {
