@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from conftest import ISAS, supported_isas
+from reference import assert_matches, reference
 
 import fastmoments
 from fastmoments import _core
@@ -176,3 +177,46 @@ def test_variants_agree_bit_for_bit(dtype, shape, axis, nan_policy, monkeypatch)
         other = _state(x, axis, isa, monkeypatch, nan_policy=nan_policy)
         for name, a, b in zip(("count", "mean", "m2", "mean_lo"), first, other):
             np.testing.assert_array_equal(a, b, err_msg=f"{name}: {isas[0]} vs {isa}")
+
+
+# (shape, axis, places of the special values): lanes with a vector tail (43 lanes), one run, and
+# NCHW runs; specials deep in a chunk, near its start and in a tail lane.
+BITS_CASES = [
+    ((9_001, 43), -1, [(7001, 17), (3, 5), (4500, 41), (8999, 0)]),
+    ((99_999,), None, [(77_777,)]),
+    ((3, 6, 64, 64), 1, [(1, 2, 30, 7), (2, 5, 0, 0)]),
+]
+
+
+@pytest.mark.parametrize("shape,axis,places", BITS_CASES, ids=str)
+@pytest.mark.parametrize("special", ["nan", "inf", "-inf", "both infs", "huge"])
+def test_bfloat16_specials_under_every_variant(shape, axis, places, special, monkeypatch):
+    """The AVX-512 kernels read bfloat16 by placing its bits in a double (simd::bits_minus),
+    exact for finite values only: a NaN or inf becomes a finite number there, and its chunk must
+    be found (simd::bits_suspect) and summed again by loads. One such value deep in a chunk must
+    give the baseline's bits and the reference's NaN/inf, and so must huge finite values (beyond
+    2^126: such chunks are summed twice)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dt = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(3)
+    x = (100.0 + 5.0 * rng.standard_normal(shape)).astype(dt)
+    for i, at in enumerate(places):
+        if special == "huge":
+            x[at] = (-1.0) ** i * 2.5e38
+            x[tuple(a // 2 for a in at)] = 1.0e38
+        elif special == "both infs":
+            x[at] = np.inf
+            x[(at[0] // 3,) + at[1:]] = -np.inf
+        else:
+            x[at] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[special]
+    want = reference(x, axis)
+    assert np.isfinite(want.mean).all() == (special == "huge")  # the case is what it says
+    states = {}
+    for isa in supported_isas():
+        monkeypatch.setenv("FASTMOMENTS_ISA", isa)
+        r = fastmoments.compute(x, axis=axis)
+        assert_matches(r, want, context=isa)
+        states[isa] = _state(x, axis, isa, monkeypatch)
+    for isa, state in states.items():
+        for name, a, b in zip(("count", "mean", "m2", "mean_lo"), states["baseline"], state):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}: baseline vs {isa}")

@@ -1,7 +1,7 @@
 // Kernel harness for the float chunk kernels without Python: builds one ISA variant of the core
 // (benches/kernel_harness/build.sh SRC_ROOT OUT_BINARY baseline|avx2|avx512), then
 // `OUT f32|f64|f16|bf16 lanes|runs|nchw GIB REPEAT` prints GB/s of bench_core's read loop and of
-// Reducer<T> at threads=1 on a huge-page buffer (thread CPU time, best of REPEAT), a hash of the
+// Reducer<T> at threads=1 (THREADS=n: n) on a huge-page buffer (thread CPU time, best of REPEAT), a hash of the
 // output states (variants must agree), and with REF=1 (MEAN=, SD=) the m2/mean error against a
 // long double two-pass. A tool for kernel work, not part of the build or the tests.
 // Kernel harness: one thread, CPU-time clock, read loop vs Reducer<T> on a huge-page buffer.
@@ -36,7 +36,24 @@ FM_GCC_TARGET(FM_ISA_TARGET)
 #pragma GCC pop_options
 #endif
 using namespace fastmoments;
-static double tcpu() { timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+// THREADS=n (default 1): Reducer and read loop on n threads, timed by the wall clock (one thread:
+// the thread's CPU time).
+static const int kThreads = getenv("THREADS") ? atoi(getenv("THREADS")) : 1;
+static double tcpu() {
+    timespec t;
+    clock_gettime(kThreads > 1 ? CLOCK_MONOTONIC : CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+// The read loop over [p, p + nb) on kThreads threads, each over its own contiguous share.
+static uint64_t read_all(const unsigned char* p, size_t nb) {
+    if (kThreads == 1) return read_loop(p, nb);
+    uint64_t total = 0;
+    const size_t share = nb / kThreads / 4096 * 4096;
+#pragma omp parallel for num_threads(kThreads) reduction(+ : total)
+    for (int t = 0; t < kThreads; ++t)
+        total += read_loop(p + t * share, t == kThreads - 1 ? nb - t * share : share);
+    return total;
+}
 
 template <class T>
 double run_fm(const char* p, const std::vector<int64_t>& shape, const std::vector<bool>& keepv, std::vector<MomentState>& out) {
@@ -46,7 +63,7 @@ double run_fm(const char* p, const std::vector<int64_t>& shape, const std::vecto
     bool keep[8]; for (size_t i = 0; i < shape.size(); ++i) keep[i] = keepv[i];
     Plan plan = FM_ISA_NAMESPACE::make_plan((int)shape.size(), shape.data(), strides.data(), keep);
     out.assign(plan.out_size, MomentState{});
-    ReduceOptions opt; opt.threads = 1;
+    ReduceOptions opt; opt.threads = kThreads;
     double t0 = tcpu();
     FM_ISA_NAMESPACE::Reducer<T, false>(p, plan).run(out.data(), opt);
     return tcpu() - t0;
@@ -108,7 +125,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < rep; ++r) {
         double t0 = tcpu();
         if (mode == "jpeg") for (size_t o = 0; o < nb; o += 512 * 512 * 4) sink += read_loop((const unsigned char*)buf, 512 * 512 * 4);
-        else sink += read_loop((const unsigned char*)buf, nb);
+        else sink += read_all((const unsigned char*)buf, nb);
         best_r = std::min(best_r, tcpu() - t0);
         double t;
         if (dt == "f32") t = run_fm<float>(buf, shape, keep, out);

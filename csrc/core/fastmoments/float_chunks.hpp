@@ -103,6 +103,9 @@ inline int64_t prefetch_rows(int64_t row_bytes) {
 template <class T, bool Omit, bool Contig>
 struct FloatLanes {
     using W = typename element_traits<T>::work;
+    // Whether the vector loops read by simd::minus<T, true> (exact for finite values only: a
+    // chunk whose sums bits_suspect finds is summed again by loads).
+    static constexpr bool kBits = !Omit && Contig && simd::Vd::template kBitsWiden<T>;
     std::vector<double> shift, s1, s2, cnt;
     std::vector<int64_t> pending;  // search_rows' scratch
     explicit FloatLanes(int64_t lanes) : shift(lanes), s1(lanes), s2(lanes), cnt(lanes) { pending.reserve(lanes); }
@@ -131,7 +134,12 @@ struct FloatLanes {
             sh[l] = v;
             return true;
         });
-        sums(rows, nrows, lanes, ls);
+        bool bits = kBits;
+        sums(rows, nrows, lanes, ls, bits);
+        if (bits) {
+            for (int64_t l = 0; l < lanes && bits; ++l) bits = !simd::bits_suspect(sh[l], a2[l]);
+            if (!bits) sums(rows, nrows, lanes, ls, false);  // a NaN or inf may have entered
+        }
         bool again = false;
         for (int64_t l = 0; l < lanes; ++l) {
             const double n = Omit ? c[l] : static_cast<double>(nrows);
@@ -140,7 +148,7 @@ struct FloatLanes {
                 again = true;
             }
         }
-        if (again) sums(rows, nrows, lanes, ls);  // lanes with good shifts give the same sums
+        if (again) sums(rows, nrows, lanes, ls, bits);  // lanes with good shifts give the same sums
         for (int64_t l = 0; l < lanes; ++l) {
             const int64_t n = Omit ? static_cast<int64_t>(c[l]) : nrows;
             acc[l] = combine(acc[l], from_shifted_sums(n, sh[l] - col_shift[l], a1[l], a2[l]));
@@ -154,15 +162,18 @@ struct FloatLanes {
 
     // Lane sums of (x - shift) and (x - shift)^2 (and counts, Omit) over the chunk's rows:
     // contiguous lanes by the variant's widest vectors, the rest (and strided data) one by one,
-    // with the same operations per value either way.
-    void sums(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls) {
+    // with the same operations per value either way. bits: read by simd::minus<T, true> (kBits).
+    void sums(const char* const* rows, int64_t nrows, int64_t lanes, int64_t ls, bool bits) {
         for (int64_t l = 0; l < lanes; ++l) s1[l] = s2[l] = cnt[l] = 0.0;
         int64_t done = 0;
         if constexpr (Contig && simd::Vd::kWidth > 1) {
             done = lanes - lanes % simd::Vd::kWidth;
-            sums_of<simd::Vd>(rows, nrows, 0, done, sizeof(T));
+            if (kBits && bits)
+                sums_of<simd::Vd, kBits>(rows, nrows, 0, done, sizeof(T));
+            else
+                sums_of<simd::Vd, false>(rows, nrows, 0, done, sizeof(T));
         }
-        if (done < lanes) sums_of<simd::V1>(rows, nrows, done, lanes, Contig ? int64_t(sizeof(T)) : ls);
+        if (done < lanes) sums_of<simd::V1, false>(rows, nrows, done, lanes, Contig ? int64_t(sizeof(T)) : ls);
     }
 
     // a1 += sum over the R rows p[0..R) of d, a2 += of d^2, d = x - shift, at lanes [l, l + W)
@@ -177,11 +188,11 @@ struct FloatLanes {
         for (int k = 0; k < R; k += 4) simd::add_squares4<T>(q, d[k], d[k + 1], d[k + 2], d[k + 3]);
         q.storeu(a2 + l);
     }
-    template <class V, int R>
+    template <class V, int R, bool Bits>
     static void add_rows(const char* const* p, int64_t l, int64_t st, const double* sh, double* a1, double* a2) {
         const V s = V::loadu(sh + l);
         V d[R];
-        for (int k = 0; k < R; ++k) d[k] = V::template load<T>(p[k] + l * st) - s;
+        for (int k = 0; k < R; ++k) d[k] = simd::minus<T, Bits>(p[k] + l * st, s);
         add_rows_of<V, R>(d, l, a1, a2);
     }
     // As add_rows at lanes [l, l + 2W), each row's 2W values widened by one load2 (V::kPairs):
@@ -199,8 +210,9 @@ struct FloatLanes {
         }
     }
 
-    // Lanes [l0, l1) in steps of V::kWidth; `step` is the byte distance between lanes.
-    template <class V>
+    // Lanes [l0, l1) in steps of V::kWidth; `step` is the byte distance between lanes. Bits: the
+    // row streams read by simd::minus<T, true>.
+    template <class V, bool Bits>
     void sums_of(const char* const* rows, int64_t nrows, int64_t l0, int64_t l1, int64_t step) {
         const double* __restrict sh = shift.data();
         double* __restrict a1 = s1.data();
@@ -242,18 +254,18 @@ struct FloatLanes {
                     rows_of(r, R, p, f);
                     int64_t l = l0;
                     if constexpr (Contig) {
-                        constexpr bool kPairs = V::template kPairs<T> && kLineSteps % 2 == 0;
+                        constexpr bool kPairs = !Bits && V::template kPairs<T> && kLineSteps % 2 == 0;
                         for (; l + kLineSteps * W <= l1; l += kLineSteps * W) {  // one cache line per stream
                             const int64_t b = l * st;
                             for (int k = 0; k < R; ++k) prefetch(f[k] + b);
                             if constexpr (kPairs) {
                                 for (int k = 0; k < kLineSteps; k += 2) add_rows2<V, R>(p, l + k * W, st, sh, a1, a2);
                             } else {
-                                for (int k = 0; k < kLineSteps; ++k) add_rows<V, R>(p, l + k * W, st, sh, a1, a2);
+                                for (int k = 0; k < kLineSteps; ++k) add_rows<V, R, Bits>(p, l + k * W, st, sh, a1, a2);
                             }
                         }
                     }
-                    for (; l < l1; l += W) add_rows<V, R>(p, l, st, sh, a1, a2);
+                    for (; l < l1; l += W) add_rows<V, R, Bits>(p, l, st, sh, a1, a2);
                 }
             };
             walk(std::integral_constant<int, 8>{});
@@ -308,8 +320,11 @@ struct RunAhead {
 
 template <class T, bool Omit, bool Contig>
 struct FloatRun {
+    // As FloatLanes::kBits: whether the vector loops may read by simd::minus<T, true>.
+    static constexpr bool kBits = !Omit && Contig && simd::Vd::template kBitsWiden<T>;
     v4d a1[4], a2[4], c[4];
     double sh = 0.0;
+    bool bits = kBits;  // this pass reads by simd::minus<T, true>
 
     static double value(const char* p, int64_t i, int64_t stride) {
         if constexpr (Contig)
@@ -318,8 +333,10 @@ struct FloatRun {
             return static_cast<double>(element_traits<T>::load(load_at<T>(p + i * stride)));
     }
 
-    void start(double shift) {
+    // by_bits: whether this pass may read by simd::minus<T, true> (see bits_suspect).
+    void start(double shift, bool by_bits = kBits) {
         sh = shift;
+        bits = kBits && by_bits;
         for (int u = 0; u < 4; ++u) a1[u] = a2[u] = c[u] = v4d{0, 0, 0, 0};
     }
 
@@ -361,7 +378,10 @@ struct FloatRun {
         // against 0.84 for two; bench_core threads=1: 0.85-0.88), two for a chunk of a long run
         // (axis=None float32: 1.18 against 1.02 for four).
         if constexpr (Contig && simd::Vd::kWidth > 1) {
-            i = parts == 4 ? run_vectors<simd::Vd, 4>(p, n, ahead) : run_vectors<simd::Vd, 2>(p, n, ahead);
+            if (kBits && bits)
+                i = parts == 4 ? run_vectors<simd::Vd, 4, kBits>(p, n, ahead) : run_vectors<simd::Vd, 2, kBits>(p, n, ahead);
+            else
+                i = parts == 4 ? run_vectors<simd::Vd, 4, false>(p, n, ahead) : run_vectors<simd::Vd, 2, false>(p, n, ahead);
         } else {
             if (n >= 64) {
                 const int64_t q = (n / (8 * parts)) * 8;  // parts of whole 8-value steps
@@ -388,7 +408,8 @@ struct FloatRun {
 
     // The loops of run() with the variant's vectors over the same 16 accumulator slots (slot
     // u*4 + k of a1[u][k] gets the same values in the same order): returns the values done.
-    template <class V, int Parts>
+    // Bits: read by simd::minus<T, true>.
+    template <class V, int Parts, bool Bits>
     int64_t run_vectors(const char* p, int64_t n, RunAhead ahead) {
         constexpr int W = V::kWidth, K = 16 / W;
         constexpr int64_t es = sizeof(T);
@@ -409,13 +430,13 @@ struct FloatRun {
             const int64_t q = (n / (8 * Parts)) * 8;
             auto step = [&](int64_t j) {
                 for (int u = 0; u < Parts; ++u) {
-                    if constexpr (V::template kPairs<T> && W == 4) {  // the 8 values by one load2
+                    if constexpr (!Bits && V::template kPairs<T> && W == 4) {  // the 8 values by one load2
                         V x[2];
                         V::template load2<T>(p + (u * q + j) * es, x);
                         put(x[0] - s, (u & 1) * 2), put(x[1] - s, (u & 1) * 2 + 1);
                     } else {
                         for (int k = 0; k < 8 / W; ++k)
-                            put(V::template load<T>(p + (u * q + j + k * W) * es) - s, (u & 1) * (8 / W) + k);
+                            put(simd::minus<T, Bits>(p + (u * q + j + k * W) * es, s), (u & 1) * (8 / W) + k);
                     }
                 }
             };
@@ -441,7 +462,7 @@ struct FloatRun {
             i = Parts * q;
         }
         for (; i + 16 <= n; i += 16)
-            for (int k = 0; k < K; ++k) put(V::template load<T>(p + (i + k * W) * es) - s, k);
+            for (int k = 0; k < K; ++k) put(simd::minus<T, Bits>(p + (i + k * W) * es, s), k);
         for (int k = 0; k < K; ++k) x1[k].storeu(b1 + k * W), x2[k].storeu(b2 + k * W), xc[k].storeu(bc + k * W);
         std::memcpy(a1, b1, sizeof b1);
         std::memcpy(a2, b2, sizeof b2);
@@ -456,6 +477,15 @@ struct FloatRun {
         for (int u = 0; u < 4; ++u)
             for (int k = 0; k < 4; ++k) t1 += a1[u][k], t2 += a2[u][k], tc += c[u][k];
         tn = Omit ? tc : static_cast<double>(n);
+    }
+
+    // Whether this pass read by simd::minus<T, true> and its sums say that a NaN or inf may have
+    // entered (simd::bits_suspect): the chunk is then read again with start(sh, false).
+    bool bits_suspect(int64_t n) const {
+        if (!bits) return false;
+        double tn, t1, t2;
+        totals(n, tn, t1, t2);
+        return simd::bits_suspect(sh, t2);
     }
 
     // The chunk's mean when the shift was poor (see poor_shift), else NaN.

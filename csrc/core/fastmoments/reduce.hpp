@@ -527,13 +527,15 @@ private:
                 const Odometer start(rows);
                 const int64_t start_pos = pos;
                 walk(rows, pos);
+                auto again = [&](double shift, bool bits) {
+                    k.start(shift, bits);
+                    Odometer o(start);
+                    int64_t q = start_pos;
+                    walk(o, q);
+                };
+                if (k.bits_suspect(n)) again(k.sh, false);  // a NaN or inf may have entered
                 const double better = k.better_shift(n);
-                if (!std::isnan(better)) {  // an outlier came first: sum the chunk around its mean
-                    k.start(better);
-                    Odometer again(start);
-                    int64_t again_pos = start_pos;
-                    walk(again, again_pos);
-                }
+                if (!std::isnan(better)) again(better, k.bits);  // an outlier came first: sum around the mean
                 acc = combine(acc, k.finish_chunk(n, *shift, *flags, [&] {
                     Odometer o(start);
                     int64_t q = start_pos;

@@ -31,11 +31,13 @@ struct V1 {  // one double: the portable variant, lane tails and strided data
         return {static_cast<double>(element_traits<T>::load(load_at<T>(p)))};
     }
     template <class T>
-    static void load2(const char* p, V1* out) {  // two values (as V8::load2)
+    static void load2(const char* p, V1* out) {  // two values (as V4::load2)
         out[0] = load<T>(p), out[1] = load<T>(p + sizeof(T));
     }
     template <class T>
-    static constexpr bool kPairs = false;  // see V8::kPairs
+    static constexpr bool kPairs = false;  // see V4::kPairs
+    template <class T>
+    static constexpr bool kBitsWiden = false;  // see V8::bits_minus
     static void drop_nan(V1& d, V1& count) {
         const bool keep = d.v == d.v;
         d.v = keep ? d.v : 0.0;
@@ -71,25 +73,31 @@ struct V8 {
             return {_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)))};
         }
     }
-    // 2 * kWidth consecutive values at p as two vectors; bfloat16 widened 16 values at a time
-    // (one zero-extension and one shift to float for both halves).
     template <class T>
-    static void load2(const char* p, V8* out) {
-        if constexpr (std::is_same_v<T, bfloat16_bits>) {
-            const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-            const __m512 f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(w), 16));
-            out[0].v = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
-            out[1].v = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
-        } else {
-            out[0] = load<T>(p), out[1] = load<T>(p + kWidth * sizeof(T));
-        }
+    static constexpr bool kPairs = false;  // see V4::kPairs
+    // bfloat16 by the exponent's place (bits_minus, below): exact for finite values only.
+    template <class T>
+    static constexpr bool kBitsWiden = std::is_same_v<T, bfloat16_bits>;
+    // x - s for the kWidth bfloat16 values x at p (simd::minus). Each value's bits are put where
+    // a double keeps its sign, exponent and fraction (a sign extension, a shift, and a mask that
+    // clears the sign's copies from the exponent's top bits): the double holds x * 2^-896
+    // (896 = 1023 - 127, the two exponent biases; a subnormal bfloat16 becomes a subnormal
+    // double, the same scaling). One fused multiply-subtract by 2^896 then gives x - s with its
+    // one rounding: the same bits as load - s for every finite x, in 4 instructions for 8 values
+    // where a zero-extension, a shift, a 2-uop conversion and a subtraction took 5. A NaN or inf
+    // keeps its exponent of all ones and so becomes a finite x of magnitude in [2^128, 2^129):
+    // the kernels test their sums by bits_suspect (below) and sum such a chunk again by load.
+    // Kernel harness (Intel Xeon VM, threads=1, 0.25 GiB (N, 256), median of 5 interleaved runs,
+    // fm / read loop): bfloat16 lanes 0.81 -> 0.85 (threads=2: 0.81 -> 0.89), axis=None 0.79 ->
+    // 0.97 (threads=2: 0.77 -> 0.83). float16 (vcvtph2ps and vcvtps2pd, also 4 uops) measured
+    // the same either way.
+    template <class T>
+    static V8 bits_minus(const char* p, V8 s) {
+        static_assert(kBitsWiden<T>);
+        __m512i b = _mm512_cvtepi16_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        b = _mm512_and_si512(_mm512_slli_epi64(b, 45), _mm512_set1_epi64(~(int64_t(7) << 60)));
+        return {_mm512_fmsub_pd(_mm512_castsi512_pd(b), _mm512_set1_pd(0x1p896), s.v)};
     }
-    // Whether the kernels read values of T by load2 where they can (the same values, so the
-    // same sums): where one wider conversion beat two (kernel harness, Intel Xeon VM, fm / read
-    // loop): bfloat16 lanes 0.61-0.65 -> 0.64-0.70. float16 lost (16 halves by one vcvtph2ps
-    // zmm: lanes 0.77 -> 0.64-0.68).
-    template <class T>
-    static constexpr bool kPairs = std::is_same_v<T, bfloat16_bits>;
     // NaN lanes of d become 0 and the others add 1 to `count` (nan_policy='omit').
     static void drop_nan(V8& d, V8& count) {
         const __mmask8 keep = _mm512_cmp_pd_mask(d.v, d.v, _CMP_ORD_Q);
@@ -126,7 +134,7 @@ struct V4 {
         }
     }
     template <class T>
-    static void load2(const char* p, V4* out) {  // as V8::load2
+    static void load2(const char* p, V4* out) {  // 2 * kWidth consecutive values at p as two vectors
         if constexpr (std::is_same_v<T, half_bits>) {
             const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
             out[0].v = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
@@ -140,11 +148,16 @@ struct V4 {
             out[0] = load<T>(p), out[1] = load<T>(p + kWidth * sizeof(T));
         }
     }
-    // As V8::kPairs. float16: 8 halves by one vcvtph2ps ymm (kernel harness, Intel Xeon VM,
-    // AVX2 variant, fm / read loop): lanes 0.52-0.55 -> 0.60-0.63, runs 0.56-0.57 -> 0.69-0.71.
-    // bfloat16 measured the same either way in lanes (0.57-0.59) and lost in runs (0.61 -> 0.59).
+    // Whether the kernels read values of T by load2 where they can (the same values, so the
+    // same sums): where one wider conversion beat two. float16: 8 halves by one vcvtph2ps ymm
+    // (kernel harness, Intel Xeon VM, AVX2 variant, fm / read loop): lanes 0.52-0.55 ->
+    // 0.60-0.63, runs 0.56-0.57 -> 0.69-0.71. bfloat16 measured the same either way in lanes
+    // (0.57-0.59) and lost in runs (0.61 -> 0.59). (AVX-512: bfloat16 16 values at a time had
+    // won, 0.61-0.65 -> 0.64-0.70 in lanes, before V8::bits_minus; float16 lost, 0.77 -> 0.64-0.68.)
     template <class T>
     static constexpr bool kPairs = std::is_same_v<T, half_bits>;
+    template <class T>
+    static constexpr bool kBitsWiden = false;  // see V8::bits_minus
     static void drop_nan(V4& d, V4& count) {
         const __m256d keep = _mm256_cmp_pd(d.v, d.v, _CMP_ORD_Q);
         d.v = _mm256_and_pd(d.v, keep);
@@ -198,6 +211,26 @@ inline void add_squares4(V& acc, V d0, V d1, V d2, V d3) {
         acc = fmadd(d3, d3, fmadd(d2, d2, fmadd(d1, d1, fmadd(d0, d0, acc))));
     else
         acc = acc + ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));
+}
+
+// x - s for the V::kWidth values x of T at p, x as V::load<T>; by V::bits_minus where
+// V::kBitsWiden<T> (Bits; exact for finite values only).
+template <class T, bool Bits, class V>
+inline V minus(const char* p, V s) {
+    if constexpr (Bits && V::template kBitsWiden<T>)
+        return V::template bits_minus<T>(p, s);
+    else
+        return V::template load<T>(p) - s;
+}
+
+// Whether a chunk summed by minus<T, true> where V::kBitsWiden<T> must be summed again by load<T>, given
+// its first shift and a sum of squared deviations from it (a lane's, or a run's total): whether
+// a NaN or inf may have entered it as a finite value. Such an x has |x| >= 2^128; with
+// |shift| < 2^126 its deviation is over 1.5 * 2^127 and its square over 2^255, and squares only
+// add. Finite data reaches either bound only with values beyond ~1e37 (bfloat16's largest is
+// 3.4e38): a chunk of those is summed twice, with the same result.
+inline bool bits_suspect(double shift, double s2) {
+    return !(std::fabs(shift) < 0x1p126 && s2 < 0x1p255);
 }
 
 }  // namespace simd
