@@ -142,8 +142,8 @@ FLOAT_CASES = [
     ("float32", (100_003, 37), -1), ("float32", (1000, 300), None), ("float32", (6, 20, 33, 33), 1),
     ("float32", (5, 3, 20_000), 1),  # 80 KB runs, chunks ending mid-run: the next-run prefetch
     ("float64", (50_001, 19), -1), ("float64", (123_457,), None), ("float64", (3, 8, 2000), 1),
-    ("float16", (20_001, 40), -1), ("float16", (99_999,), None),
-    ("bfloat16", (20_001, 40), -1), ("bfloat16", (99_999,), None),
+    ("float16", (60_001, 40), -1), ("float16", (99_999,), None),  # lanes: three chunks
+    ("bfloat16", (60_001, 40), -1), ("bfloat16", (99_999,), None),
 ]
 
 
