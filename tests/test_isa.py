@@ -189,18 +189,24 @@ BITS_CASES = [
 
 
 @pytest.mark.parametrize("shape,axis,places", BITS_CASES, ids=str)
-@pytest.mark.parametrize("special", ["nan", "inf", "-inf", "both infs", "huge"])
+@pytest.mark.parametrize("special", ["nan", "inf", "-inf", "both infs", "huge", "subnormal"])
 def test_bfloat16_specials_under_every_variant(shape, axis, places, special, monkeypatch):
     """The AVX-512 kernels read bfloat16 by placing its bits in a double (simd::bits_minus),
     exact for finite values only: a NaN or inf becomes a finite number there, and its chunk must
     be found (simd::bits_suspect) and summed again by loads. One such value deep in a chunk must
     give the baseline's bits and the reference's NaN/inf, and so must huge finite values (beyond
-    2^126: such chunks are summed twice)."""
+    2^126: such chunks are summed twice) and data all subnormal (k * 2^-133, whose bits
+    become subnormal doubles)."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
     dt = np.dtype(ml_dtypes.bfloat16)
     rng = np.random.default_rng(3)
     x = (100.0 + 5.0 * rng.standard_normal(shape)).astype(dt)
+    if special == "subnormal":
+        x = (rng.integers(-127, 128, shape) * 2.0**-133).astype(dt)
+        assert np.array_equal(x.astype(np.float64) / 2.0**-133, np.round(x.astype(np.float64) / 2.0**-133))
     for i, at in enumerate(places):
+        if special == "subnormal":
+            break
         if special == "huge":
             x[at] = (-1.0) ** i * 2.5e38
             x[tuple(a // 2 for a in at)] = 1.0e38
@@ -210,7 +216,7 @@ def test_bfloat16_specials_under_every_variant(shape, axis, places, special, mon
         else:
             x[at] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[special]
     want = reference(x, axis)
-    assert np.isfinite(want.mean).all() == (special == "huge")  # the case is what it says
+    assert np.isfinite(want.mean).all() == (special in ("huge", "subnormal"))  # as it says
     states = {}
     for isa in supported_isas():
         monkeypatch.setenv("FASTMOMENTS_ISA", isa)
