@@ -19,6 +19,14 @@ namespace fastmoments {
 inline namespace FM_ISA_NAMESPACE {
 namespace simd {
 
+// The bfloat16 bit widening (V8::bits_minus, V4's as it): a value sign-extended to 64 bits and
+// shifted left by kBitsShift has its fraction, exponent and sign where a double keeps them once
+// kBitsMask clears the sign's copies from the exponent's top bits; that double is x / kBitsScale
+// (1023 - 127 = 896, the two exponent biases).
+constexpr int kBitsShift = 45;
+constexpr int64_t kBitsMask = ~(int64_t(7) << 60);
+constexpr double kBitsScale = 0x1p896;
+
 struct V1 {  // one double: the portable variant, lane tails and strided data
     static constexpr int kWidth = 1;
     double v;
@@ -79,14 +87,13 @@ struct V8 {
     template <class T>
     static constexpr bool kBitsWiden = std::is_same_v<T, bfloat16_bits>;
     // x - s for the kWidth bfloat16 values x at p (simd::minus). Each value's bits are put where
-    // a double keeps its sign, exponent and fraction (a sign extension, a shift, and a mask that
-    // clears the sign's copies from the exponent's top bits): the double holds x * 2^-896
-    // (896 = 1023 - 127, the two exponent biases; a subnormal bfloat16 becomes a subnormal
-    // double, the same scaling). One fused multiply-subtract by 2^896 then gives x - s with its
-    // one rounding: the same bits as load - s for every finite x, in 4 instructions for 8 values
-    // where a zero-extension, a shift, a 2-uop conversion and a subtraction took 5. A NaN or inf
-    // keeps its exponent of all ones and so becomes a finite x of magnitude in [2^128, 2^129):
-    // the kernels test their sums by bits_suspect (below) and sum such a chunk again by load.
+    // a double keeps its sign, exponent and fraction (kBitsShift, kBitsMask): the double holds
+    // x * 2^-896 (a subnormal bfloat16 becomes a subnormal double, the same scaling). One fused
+    // multiply-subtract by kBitsScale = 2^896 then gives x - s with its one rounding: the same
+    // bits as load - s for every finite x, in 4 instructions for 8 values where a
+    // zero-extension, a shift, a 2-uop conversion and a subtraction took 5. A NaN or inf keeps
+    // its exponent of all ones and so becomes a finite x of magnitude in [2^128, 2^129): the
+    // kernels test their sums by bits_suspect (below) and sum such a chunk again by load.
     // Kernel harness (Intel Xeon VM, threads=1, 0.25 GiB (N, 256), median of 5 interleaved runs,
     // fm / read loop): bfloat16 lanes 0.81 -> 0.85 (threads=2: 0.81 -> 0.89), axis=None 0.79 ->
     // 0.97 (threads=2: 0.77 -> 0.83). float16 (vcvtph2ps and vcvtps2pd, also 4 uops) measured
@@ -95,8 +102,8 @@ struct V8 {
     static V8 bits_minus(const char* p, V8 s) {
         static_assert(kBitsWiden<T>);
         __m512i b = _mm512_cvtepi16_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-        b = _mm512_and_si512(_mm512_slli_epi64(b, 45), _mm512_set1_epi64(~(int64_t(7) << 60)));
-        return {_mm512_fmsub_pd(_mm512_castsi512_pd(b), _mm512_set1_pd(0x1p896), s.v)};
+        b = _mm512_and_si512(_mm512_slli_epi64(b, kBitsShift), _mm512_set1_epi64(kBitsMask));
+        return {_mm512_fmsub_pd(_mm512_castsi512_pd(b), _mm512_set1_pd(kBitsScale), s.v)};
     }
     // NaN lanes of d become 0 and the others add 1 to `count` (nan_policy='omit').
     static void drop_nan(V8& d, V8& count) {
@@ -165,8 +172,8 @@ struct V4 {
     static V4 bits_minus(const char* p, V4 s) {
         static_assert(kBitsWiden<T>);
         __m256i b = _mm256_cvtepi16_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-        b = _mm256_and_si256(_mm256_slli_epi64(b, 45), _mm256_set1_epi64x(~(int64_t(7) << 60)));
-        return {_mm256_fmsub_pd(_mm256_castsi256_pd(b), _mm256_set1_pd(0x1p896), s.v)};
+        b = _mm256_and_si256(_mm256_slli_epi64(b, kBitsShift), _mm256_set1_epi64x(kBitsMask));
+        return {_mm256_fmsub_pd(_mm256_castsi256_pd(b), _mm256_set1_pd(kBitsScale), s.v)};
     }
     static void drop_nan(V4& d, V4& count) {
         const __m256d keep = _mm256_cmp_pd(d.v, d.v, _CMP_ORD_Q);
@@ -233,9 +240,9 @@ inline V minus(const char* p, V s) {
         return V::template load<T>(p) - s;
 }
 
-// Whether a chunk summed by minus<T, true> where V::kBitsWiden<T> must be summed again by load<T>, given
-// its first shift and a sum of squared deviations from it (a lane's, or a run's total): whether
-// a NaN or inf may have entered it as a finite value. Such an x has |x| >= 2^128; with
+// Whether a chunk summed by minus<T, true> where V::kBitsWiden<T> must be summed again by
+// load<T>, given its first shift and a sum of squared deviations from it (a lane's, or a run's
+// total): whether a NaN or inf may have entered it as a finite value. Such an x has |x| >= 2^128; with
 // |shift| < 2^126 its deviation is over 1.5 * 2^127 and its square over 2^255, and squares only
 // add. Finite data reaches either bound only with values beyond ~1e37 (bfloat16's largest is
 // 3.4e38): a chunk of those is summed twice, with the same result.
