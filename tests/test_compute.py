@@ -283,6 +283,62 @@ def test_thread_count_gives_identical_bits(shape, dtype, axis, rng, isa):
             assert_matches(one, reference(x, axis, "omit"))
 
 
+# Columns inside rows (NCHW axis=1: every sample holds a run of each channel) are read a block of
+# columns at a time, piece by piece across the block, in memory order; the block follows the thread
+# count. Each column must come out bit for bit as it does alone (a view of that one column, read by
+# itself), whatever the thread count, and match the reference.
+def _block_cases():
+    yield "float32 (45,6,160,160): 100 KiB runs, two splits per column", np.float32, (45, 6, 160, 160), 1, None
+    yield "float16 short runs, chunks ending mid-run", np.float16, (70, 5, 1517), 1, None
+    yield "float64 two column axes (a cropped view)", np.float64, (9, 4, 5, 1000), (1, 2), lambda a: a[:, :, :3]
+    yield "float32 strided runs", np.float32, (12, 9, 6000), 1, lambda a: a[:, :, ::2]
+    yield "int16 NCHW", np.int16, (30, 7, 50, 50), 1, None
+    yield "uint8 NCHW, two splits", np.uint8, (700, 3, 40, 40), 1, None
+
+
+@pytest.mark.parametrize("case,dtype,shape,axis,view", list(_block_cases()), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("special", ["none", "nan_inf"])
+def test_column_blocks_match_each_column_alone(case, dtype, shape, axis, view, special, rng, isa):
+    dt = np.dtype(dtype)
+    if special != "none" and dt.kind != "f":
+        pytest.skip("integers have no NaN or inf")
+    if dt.kind == "f":  # 32 binades, both signs: the sums round, so their order shows in the bits
+        x = (rng.choice([-1.0, 1.0], shape) * np.exp2(rng.uniform(-20, 12, shape))).astype(dt)
+        if special != "none":  # a few NaN and +-inf: most columns stay finite
+            flat = x.reshape(-1)
+            flat[rng.choice(flat.size, 6, replace=False)] = np.nan
+            flat[rng.choice(flat.size, 4, replace=False)] = [np.inf, -np.inf, np.inf, -np.inf]
+    else:
+        x = random_values(rng, shape, dt)
+    x = view(x) if view else x
+    kept = (axis,) if isinstance(axis, int) else axis
+    policies = ("propagate", "omit") if dt.kind == "f" else ("propagate",)
+    for policy in policies:
+        one = fastmoments.compute(x, axis=axis, threads=1, nan_policy=policy)
+        for t in (2, 7):
+            other = fastmoments.compute(x, axis=axis, threads=t, nan_policy=policy)
+            assert other == one, f"threads={t} differs from threads=1 ({policy})"
+        for idx in np.ndindex(*(x.shape[k] for k in kept)):
+            alone = x[tuple(slice(i, i + 1) if k in kept else slice(None)
+                            for k, i in zip(range(x.ndim), _spread(idx, kept, x.ndim)))]
+            assert alone.base is not None  # a view: the same values where they are
+            got = fastmoments.compute(alone, axis=axis, threads=2, nan_policy=policy)
+            for name in ("count", "mean", "m2"):
+                np.testing.assert_array_equal(np.asarray(getattr(got, name)).reshape(-1),
+                                              np.asarray(getattr(one, name))[idx].reshape(-1),
+                                              err_msg=f"{name} of column {idx} ({policy})")
+        if dt.kind == "f":
+            assert_matches(one, reference(x, axis, policy))
+        else:
+            assert_matches(one, exact_integer_reference(x, axis))
+
+
+def _spread(idx, kept, ndim):
+    """idx over the kept axes -> one index per axis (0 for the reduced ones)."""
+    it = iter(idx)
+    return [next(it) if k in kept else 0 for k in range(ndim)]
+
+
 def test_default_threads_honours_omp_num_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert fastmoments.default_threads() == 3

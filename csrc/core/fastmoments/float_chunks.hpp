@@ -312,14 +312,17 @@ using simd::v4f;
 using simd::v4i;
 
 // Where a run kernel's software prefetch goes past the end of its values (a hint: no effect on
-// any result): the column's next run.
+// any result): the piece of a run read next (Reducer::Worker::run_block).
 struct RunAhead {
-    const char* next = nullptr;  // the next run's first value (nullptr: none known)
-    int64_t next_part = 0;       // bytes per part of the next run (FloatRun::run)
+    const char* next = nullptr;  // its first value (nullptr: none known)
+    int64_t next_part = 0;       // its bytes per part (FloatRun::run)
 };
 
+// alignas: a 32-byte vector type aligns to 16 bytes where the code outside the ISA's target region
+// sees it (the allocator's side), while the code inside assumes 32 (aligned stores of the
+// accumulators); heap-held states (Reducer::Worker) need the 32 stated.
 template <class T, bool Omit, bool Contig>
-struct FloatRun {
+struct alignas(32) FloatRun {
     // As FloatLanes::kBits: whether the vector loops may read by simd::minus<T, true>.
     static constexpr bool kBits = !Omit && Contig && simd::Vd::template kBitsWiden<T>;
     v4d a1[4], a2[4], c[4];

@@ -72,6 +72,10 @@ constexpr int64_t kNarrowLaneChunks = 16;
 constexpr int64_t kMaxIntegerChunkRows = 1 << 15;  // 8/16-bit lanes: int32 sums cannot overflow
 constexpr int64_t kTaskValues = 1 << 20;    // values per task (unit of thread scheduling)
 constexpr int64_t kWaveTasks = 256;         // tasks whose states are held before merging
+// Run mode with columns inside rows (float32 NCHW axis=1: each 4 MiB sample holds a 64 KiB run of
+// every channel): a task reads the runs of a block of columns side by side, at least this many
+// bytes, in memory order, instead of one column's runs 4 MiB apart.
+constexpr int64_t kBlockBytes = int64_t(1) << 20;
 
 // The float64 overflow pass. Finite float64 data near the range limit can overflow the shifted
 // sums (x - shift, (x - shift)^2), the chunk means relative to their column's shift, or the
@@ -175,6 +179,35 @@ private:
     std::chrono::steady_clock::time_point last_;
 };
 
+// The pieces of runs that n values of a run-mode column cover from (rows, pos) on, in order, as
+// offsets from the column's base (the same for every column). A piece that ends its run is
+// followed by a jump (the column's next run) and is read in four parts side by side, any other in
+// two (FloatRun::run): the parts are part of the result's bits.
+struct RunPiece {
+    int64_t offset = 0, values = 0;
+    int parts = 2;
+    int64_t part_bytes(size_t es) const { return (values / (8 * parts)) * 8 * static_cast<int64_t>(es); }
+};
+
+struct RunPieces {
+    const Plan& plan;
+    Odometer rows;  // where the next piece starts, then the pieces' end
+    int64_t pos, left;
+    RunPieces(const Plan& p, const Odometer& r, int64_t at, int64_t n) : plan(p), rows(r), pos(at), left(n) {}
+
+    bool next(RunPiece& out) {
+        if (left <= 0) return false;
+        const int64_t m = std::min(left, plan.run_length - pos);
+        out.offset = rows.offset() + pos * plan.run_stride;
+        out.values = m;
+        left -= m;
+        pos += m;
+        out.parts = pos == plan.run_length ? 4 : 2;
+        if (pos == plan.run_length) pos = 0, rows.next();
+        return true;
+    }
+};
+
 template <class T, bool Omit>
 class Reducer {
 public:
@@ -200,6 +233,7 @@ public:
             grid_.values = grid_.units;
             chunk_units_ = kExact ? kIntegerChunkValues : sizeof(T) == 2 ? kHalfChunkValues : kChunkValues;
             grid_.units_per_task = kTaskValues;
+            interleave_ = !plan.columns.empty() && !plan.rows.empty() && plan.columns.back().stride < plan.rows.back().stride;
         }
         if (grid_.units > grid_.units_per_task) {
             grid_.splits = (grid_.units + grid_.units_per_task - 1) / grid_.units_per_task;
@@ -222,15 +256,27 @@ public:
         return static_cast<double>(element_traits<T>::load(load_at<T>(p)));
     }
 
-    // First finite value among the n values of a run-mode column from (rows, pos) on, or 0.
-    double first_finite_run(const char* base, Odometer rows, int64_t pos, int64_t n) const {
+    // Calls stop(v) on the n values of a run-mode column from (rows, pos) on, in order, until it
+    // returns true; whether one did.
+    template <class Stop>
+    bool scan_run(const char* base, Odometer rows, int64_t pos, int64_t n, Stop&& stop) const {
         const int64_t L = plan_.run_length, st = plan_.run_stride;
         for (int64_t i = 0; i < n; ++i) {
-            const double v = load_value(base + rows.offset() + pos * st);
-            if (std::isfinite(v)) return v;
+            if (stop(load_value(base + rows.offset() + pos * st))) return true;
             if (++pos == L) pos = 0, rows.next();
         }
-        return 0.0;
+        return false;
+    }
+
+    // First finite value among the n values of a run-mode column from (rows, pos) on, or 0.
+    double first_finite_run(const char* base, const Odometer& rows, int64_t pos, int64_t n) const {
+        double first = 0.0;
+        scan_run(base, rows, pos, n, [&](double v) {
+            if (!std::isfinite(v)) return false;
+            first = v;
+            return true;
+        });
+        return first;
     }
 
     const double* shift_of(int64_t c) const {
@@ -311,14 +357,57 @@ private:
 
         // Every worker's buffers exist before the threads start (an out-of-memory is a bad_alloc
         // here, in the calling thread, not a std::terminate inside the parallel region).
-        const int64_t max_tasks = grid_.splits == 1 ? (ncols + grid_.group - 1) / grid_.group
+        // Columns inside rows (interleave_): a task is one split of a block of `block_` columns,
+        // read in memory order (Worker::run_columns). The block does not touch the bits (each
+        // column's chunks and splits stay the same), so it may follow the thread count: runs side
+        // by side over at least kBlockBytes, cut down to leave four tasks per thread.
+        const bool blocked = interleave_ && !scaled_;
+        const int64_t wave_splits = std::min(grid_.splits, std::max<int64_t>(1, kWaveTasks / ncols));
+        block_ = 1;
+        if (blocked) {
+            const int64_t run_bytes = std::max<int64_t>(1, plan_.run_length * static_cast<int64_t>(sizeof(T)));
+            block_ = std::min(ncols, (kBlockBytes + run_bytes - 1) / run_bytes);
+            block_ = std::max<int64_t>(1, std::min(block_, ncols * wave_splits / (4 * int64_t{threads})));
+        }
+        const int64_t nblocks = (ncols + block_ - 1) / block_;
+        const int64_t max_tasks = blocked ? nblocks * wave_splits
+                                : grid_.splits == 1 ? (ncols + grid_.group - 1) / grid_.group
                                                     : std::min(kWaveTasks, ncols * grid_.splits);
         const bool parallel = grid_.splits > 1 || total > kTaskValues;
         std::vector<std::unique_ptr<Worker>> workers(
             static_cast<size_t>(parallel ? std::min<int64_t>(threads, max_tasks) : 1));
         for (auto& w : workers) w = std::make_unique<Worker>(*this);
 
-        if (grid_.splits == 1) {
+        if (blocked) {
+            // Tasks split-major, blocks within a split; a wave holds whole splits, and each
+            // column's partial states merge into it in split order, as below.
+            const bool direct = grid_.splits == 1;  // one split: the states are the columns'
+            std::vector<Acc> slots(direct ? 0 : static_cast<size_t>(wave_splits * ncols * grid_.width), Acc{});
+            std::vector<uint8_t> slot_inputs(inputs.empty() || direct ? 0 : slots.size());
+            for (int64_t s0 = 0; s0 < grid_.splits && !cancel.load(); s0 += wave_splits) {
+                const int64_t ns = std::min(wave_splits, grid_.splits - s0);
+                std::fill(slots.begin(), slots.end(), Acc{});
+                std::fill(slot_inputs.begin(), slot_inputs.end(), uint8_t{0});
+                Acc* dst = direct ? acc.data() : slots.data();
+                std::vector<uint8_t>& dst_inputs = direct ? inputs : slot_inputs;
+                run_tasks(ns * nblocks, workers, cancel, poll, [&](int64_t t, Worker& w) {
+                    const int64_t s = s0 + t / nblocks, c0 = (t % nblocks) * block_;
+                    const int64_t c1 = std::min(ncols, c0 + block_);
+                    const int64_t u0 = s * grid_.units_per_task;
+                    const int64_t u1 = std::min(grid_.units, u0 + grid_.units_per_task);
+                    const int64_t i = ((s - s0) * ncols + c0) * grid_.width;
+                    w.run_columns(c0, c1, u0, u1, dst + i, flags_at(dst_inputs, i));
+                    done.fetch_add((c1 - c0) * (u1 - u0), std::memory_order_relaxed);
+                });
+                if (!direct)
+                    for (int64_t i = 0; i < ns * ncols * grid_.width; ++i) {
+                        const int64_t c = i % (ncols * grid_.width);
+                        acc[c] = combine(acc[c], slots[i]);
+                        if (!inputs.empty()) inputs[c] |= slot_inputs[i];
+                    }
+                poll();
+            }
+        } else if (grid_.splits == 1) {
             const int64_t ntasks = (ncols + grid_.group - 1) / grid_.group;
             run_tasks(ntasks, workers, cancel, poll,
                       [&](int64_t t, Worker& w) {
@@ -368,8 +457,14 @@ private:
     // Per-thread scratch and the loops over one column's units [u0, u1).
     class Worker {
     public:
-        Worker(const Reducer& r) : r_(r), lanes_(r.grid_.width), row_ptrs_(r.chunk_units_) {
+        Worker(const Reducer& r) : r_(r), lanes_(r.grid_.width), row_ptrs_(r.plan_.lanes_mode ? r.chunk_units_ : 0) {
             if (r.scaled_) scaled_.resize(static_cast<size_t>(r.chunk_units_ * (r.plan_.lanes_mode ? lanes_ : 1)));
+            if (!r.plan_.lanes_mode) {
+                const size_t g = static_cast<size_t>(r.block_);
+                if (r.plan_.run_stride == static_cast<int64_t>(sizeof(T))) contig_runs_.resize(g);
+                else strided_runs_.resize(g);
+                bases_.resize(g);
+            }
         }
 
         // flags: InputFlags per lane state (nullptr for integer data).
@@ -404,25 +499,32 @@ private:
                         lane_kernel<false>(n, width, acc, r_.shift_of(c), flags);
                 }
             } else {
-                cols.seek(c);
-                const char* base = r_.data_ + cols.offset();
-                const int64_t L = p.run_length;
-                rows.seek(u0 / L);
-                int64_t pos = u0 % L;
-                for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_) {
-                    const int64_t e1 = std::min(u1, e0 + r_.chunk_units_);
-                    if constexpr (kOverflowPass) {
-                        if (r_.scaled_) {
-                            scaled_run(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), *flags);
-                            continue;
-                        }
+                if constexpr (kOverflowPass) {
+                    if (r_.scaled_) {
+                        cols.seek(c);
+                        const char* base = r_.data_ + cols.offset();
+                        const int64_t L = p.run_length;
+                        rows.seek(u0 / L);
+                        int64_t pos = u0 % L;
+                        for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_)
+                            scaled_run(base, rows, pos, std::min(r_.chunk_units_, u1 - e0), acc[0], r_.shift_of(c), *flags);
+                        return;
                     }
-                    if (p.run_stride == static_cast<int64_t>(sizeof(T)))
-                        run_kernel<true>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), flags);
-                    else
-                        run_kernel<false>(base, rows, pos, e1 - e0, acc[0], r_.shift_of(c), flags);
                 }
+                run_columns(c, c + 1, u0, u1, acc, flags);
             }
+        }
+
+        // Run mode: columns [c0, c1) over units [u0, u1), into acc[0 .. c1 - c0) (flags alike),
+        // chunk by chunk. Inside a chunk the pieces of runs it covers (RunPieces) are read in
+        // order, each piece for every column in turn: memory order where the columns lie inside
+        // the rows (interleave_). A column's chunk is read by the same calls in the same order
+        // whatever the block, so the bits do not depend on it.
+        void run_columns(int64_t c0, int64_t c1, int64_t u0, int64_t u1, Acc* acc, uint8_t* flags) {
+            if (r_.plan_.run_stride == static_cast<int64_t>(sizeof(T)))
+                run_block<true>(contig_runs_, c0, c1, u0, u1, acc, flags);
+            else
+                run_block<false>(strided_runs_, c0, c1, u0, u1, acc, flags);
         }
 
     private:
@@ -478,73 +580,74 @@ private:
             }));
         }
 
-        // Reads n values starting at (rows, pos), crossing run boundaries.
-        template <bool Contig>
-        void run_kernel(const char* base, Odometer& rows, int64_t& pos, int64_t n, Acc& acc,
-                        const double* shift, uint8_t* flags) {
+        template <bool Contig, class K>
+        void run_block(std::vector<K>& ks, int64_t c0, int64_t c1, int64_t u0, int64_t u1, Acc* acc, uint8_t* flags) {
             const Plan& p = r_.plan_;
-            const int64_t L = p.run_length, st = p.run_stride;
-            if constexpr (kExact) {
-                IntegerRun<T, Contig> k;
-                k.start();
-                int64_t left = n;
-                while (left > 0) {
-                    const int64_t m = std::min(left, L - pos);
-                    k.run(base + rows.offset() + pos * st, m, st);
-                    left -= m;
-                    pos += m;
-                    if (pos == L) pos = 0, rows.next();
+            const int64_t G = c1 - c0, L = p.run_length, st = p.run_stride;
+            Odometer cols(p.columns), rows(p.rows);
+            cols.seek(c0);
+            for (int64_t g = 0; g < G; ++g, cols.next()) bases_[g] = r_.data_ + cols.offset();
+            rows.seek(u0 / L);
+            RunPieces pieces(p, rows, u0 % L, 0);
+            // Runs of at least 4 KiB tell the kernel what is read next (RunAhead): the next
+            // column's piece, after the last column the next piece (past the chunk's end the
+            // next chunk's first; none after the task's end).
+            const bool ahead = !kExact && Contig && L * static_cast<int64_t>(sizeof(T)) >= kRunPrefetchBytes;
+            for (int64_t e0 = u0; e0 < u1; e0 += r_.chunk_units_) {
+                const int64_t n = std::min(r_.chunk_units_, u1 - e0);
+                const Odometer start(pieces.rows);
+                const int64_t start_pos = pieces.pos;
+                for (int64_t g = 0; g < G; ++g) {
+                    if constexpr (kExact) {
+                        ks[g].start();
+                    } else {
+                        const double first = load_value(bases_[g] + start.offset() + start_pos * st);
+                        ks[g].start(std::isfinite(first) ? first : r_.first_finite_run(bases_[g], start, start_pos, n));
+                    }
                 }
-                k.add_to(acc, n);
-            } else {
-                FloatRun<T, Omit, Contig> k;
-                const double first = load_value(base + rows.offset() + pos * st);
-                k.start(std::isfinite(first) ? first : r_.first_finite_run(base, rows, pos, n));
-                // A run read to its end is followed by a jump (the column's next run): it is read
-                // in four parts, a chunk of a longer run in two (FloatRun::run). Runs of at least
-                // 4 KiB also tell the kernel where the column goes on (RunAhead): the next run
-                // (past the chunk's end the next chunk's first; at the column's end the column's
-                // first again, a harmless hint).
-                const bool ahead = Contig && L * static_cast<int64_t>(sizeof(T)) >= kRunPrefetchBytes;
-                auto walk = [&](Odometer& o, int64_t& q) {
-                    int64_t left = n;
-                    while (left > 0) {
-                        const int64_t m = std::min(left, L - q);
-                        const char* run = base + o.offset() + q * st;
-                        left -= m;
-                        q += m;
-                        const int parts = q == L ? 4 : 2;
-                        if (q == L) q = 0, o.next();
-                        RunAhead next;
-                        if (ahead) {
-                            const int64_t mn = std::min(L - q, left > 0 ? left : n);  // its values
-                            const int64_t np = q + mn == L ? 4 : 2;
-                            next = {base + o.offset() + q * st, (mn / (8 * np)) * 8 * static_cast<int64_t>(sizeof(T))};
+                pieces.left = n;
+                RunPiece cur, nxt;
+                bool have = pieces.next(cur);
+                while (have) {
+                    const bool more = pieces.next(nxt);
+                    if (!more && e0 + n < u1)  // the next chunk's first piece, for the hint only
+                        RunPieces(p, pieces.rows, pieces.pos, std::min(r_.chunk_units_, u1 - e0 - n)).next(nxt);
+                    for (int64_t g = 0; g < G; ++g) {
+                        const char* q = bases_[g] + cur.offset;
+                        if constexpr (kExact) {
+                            ks[g].run(q, cur.values, st);
+                        } else {
+                            RunAhead next;
+                            if (ahead && g + 1 < G)
+                                next = {bases_[g + 1] + cur.offset, cur.part_bytes(sizeof(T))};
+                            else if (ahead && (more || e0 + n < u1))
+                                next = {bases_[0] + nxt.offset, nxt.part_bytes(sizeof(T))};
+                            ks[g].run(q, cur.values, st, cur.parts, next);
                         }
-                        k.run(run, m, st, parts, next);
                     }
-                };
-                const Odometer start(rows);
-                const int64_t start_pos = pos;
-                walk(rows, pos);
-                auto again = [&](double shift, bool bits) {
-                    k.start(shift, bits);
-                    Odometer o(start);
-                    int64_t q = start_pos;
-                    walk(o, q);
-                };
-                if (k.bits_suspect(n)) again(k.sh, false);  // a NaN or inf may have entered
-                const double better = k.better_shift(n);
-                if (!std::isnan(better)) again(better, k.bits);  // an outlier came first: sum around the mean
-                acc = combine(acc, k.finish_chunk(n, *shift, *flags, [&] {
-                    Odometer o(start);
-                    int64_t q = start_pos;
-                    for (int64_t i = 0; i < n; ++i) {
-                        if (std::isinf(load_value(base + o.offset() + q * st))) return true;
-                        if (++q == L) q = 0, o.next();
+                    cur = nxt;
+                    have = more;
+                }
+                for (int64_t g = 0; g < G; ++g) {
+                    if constexpr (kExact) {
+                        ks[g].add_to(acc[g], n);
+                    } else {
+                        K& k = ks[g];
+                        const char* base = bases_[g];
+                        auto again = [&](double shift, bool bits) {
+                            k.start(shift, bits);
+                            RunPieces again_pieces(p, start, start_pos, n);
+                            RunPiece piece;
+                            while (again_pieces.next(piece)) k.run(base + piece.offset, piece.values, st, piece.parts);
+                        };
+                        if (k.bits_suspect(n)) again(k.sh, false);  // a NaN or inf may have entered
+                        const double better = k.better_shift(n);
+                        if (!std::isnan(better)) again(better, k.bits);  // an outlier came first: sum around the mean
+                        acc[g] = combine(acc[g], k.finish_chunk(n, *r_.shift_of(c0 + g), flags[g], [&] {
+                            return r_.scan_run(base, start, start_pos, n, [](double v) { return std::isinf(v); });
+                        }));
                     }
-                    return false;
-                }));
+                }
             }
         }
 
@@ -557,6 +660,11 @@ private:
         std::vector<double> scaled_;  // the overflow pass's scaled chunk
         ContigLanes contig_lanes_{lanes_};
         StridedLanes strided_lanes_{lanes_};
+        using ContigRun = std::conditional_t<kExact, IntegerRun<T, true>, FloatRun<T, Omit, true>>;
+        using StridedRun = std::conditional_t<kExact, IntegerRun<T, false>, FloatRun<T, Omit, false>>;
+        std::vector<ContigRun> contig_runs_;    // run mode: a block's chunk states (run_columns)
+        std::vector<StridedRun> strided_runs_;  // ... of the one the plan's run stride needs
+        std::vector<const char*> bases_;        // ... and its columns' first values
     };
 
     // Calls f(output, column, lane) for every lane state, in lane order within each output.
@@ -637,6 +745,8 @@ private:
     ColumnGrid grid_;
     std::vector<double> col_shift_;
     int64_t chunk_units_ = 1;
+    bool interleave_ = false;  // run mode, columns inside rows: tasks read blocks of columns
+    int64_t block_ = 1;        // columns per task when they do (pass())
     bool scaled_ = false;            // the overflow pass: values enter the kernels times kOverflowDown
     std::vector<uint8_t> redo_out_;  // outputs the overflow pass redoes (empty: none)
     std::vector<uint8_t> need_col_;  // columns that pass reads (empty: all)
