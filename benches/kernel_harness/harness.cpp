@@ -1,6 +1,6 @@
 // Kernel harness for the float chunk kernels without Python: builds one ISA variant of the core
 // (benches/kernel_harness/build.sh SRC_ROOT OUT_BINARY baseline|avx2|avx512), then
-// `OUT f32|f64|f16|bf16 lanes|runs|nchw GIB REPEAT` (nchw: HW=n values per run) prints GB/s of bench_core's read loop and of
+// `OUT f32|f64|f16|bf16 lanes|runs|nchw GIB REPEAT` (nchw: C=channels, HW=values per run) prints GB/s of bench_core's read loop and of
 // Reducer<T> at threads=1 (THREADS=n: n) on a huge-page buffer (thread CPU time, best of REPEAT), a hash of the
 // output states (variants must agree), and with REF=1 (MEAN=, SD=) the m2/mean error against a
 // long double two-pass. A tool for kernel work, not part of the build or the tests.
@@ -119,9 +119,10 @@ int main(int argc, char** argv) {
     std::vector<int64_t> shape; std::vector<bool> keep;
     if (mode == "lanes") shape = {(int64_t)(n / 256), 256}, keep = {false, true};
     else if (mode == "runs") shape = {(int64_t)(n / 256), 256}, keep = {false, false};
-    else {  // nchw: (N, 64, H, W) axis=1, H*W = 128*128 or HW=...
+    else {  // nchw: (N, C, H, W) axis=1, C = 64 or C=..., H*W = 128*128 or HW=...
         const int64_t hw = getenv("HW") ? atoll(getenv("HW")) : 128 * 128;
-        shape = {(int64_t)(n / (64 * hw)), 64, hw}, keep = {false, true, false};
+        const int64_t ch = getenv("C") ? atoll(getenv("C")) : 64;
+        shape = {(int64_t)(n / (ch * hw)), ch, hw}, keep = {false, true, false};
     }
     double best_r = 1e9, best_k = 1e9; volatile uint64_t sink = 0;
     std::vector<MomentState> out;
