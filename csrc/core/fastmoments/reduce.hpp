@@ -361,6 +361,7 @@ private:
         // read in memory order (Worker::run_columns). The block does not touch the bits (each
         // column's chunks and splits stay the same), so it may follow the thread count: runs side
         // by side over at least kBlockBytes, cut down to leave four tasks per thread.
+        // (The overflow pass reads only the columns it needs, one by one.)
         const bool blocked = interleave_ && !scaled_;
         const int64_t wave_splits = std::min(grid_.splits, std::max<int64_t>(1, kWaveTasks / ncols));
         block_ = 1;
